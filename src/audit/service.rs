@@ -1,0 +1,102 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use http::Request;
+use tower::Service;
+
+use super::{AuditNote, AuditRecord, AuditSink, Decision};
+use crate::request_id::RequestId;
+use crate::rescue::{GatewayError, GatewayResponse};
+use crate::server::RemoteAddr;
+
+/// Longest client-supplied id copied into a record.
+const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct AuditService<S> {
+    pub(super) inner: S,
+    pub(super) sink: AuditSink,
+}
+
+impl<S, B> Service<Request<B>> for AuditService<S>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = GatewayResponse;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let note = AuditNote::default();
+        req.extensions_mut().insert(note.clone());
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_default();
+        let remote_addr = req
+            .extensions()
+            .get::<RemoteAddr>()
+            .map(|a| a.0.to_string());
+        let method = req.method().as_str().to_string();
+        let client_request_id = req
+            .headers()
+            .get("x-client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(MAX_CLIENT_REQUEST_ID).collect());
+        let sink = self.sink.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let facts = note.facts();
+            let (decision, reason, status) = match &result {
+                Ok(response) => {
+                    let reason = if facts.answered_locally {
+                        "answered_locally"
+                    } else {
+                        "forwarded"
+                    };
+                    (Decision::Allow, reason, response.status().as_u16())
+                }
+                Err(e) => {
+                    let decision = if e.is_denial() {
+                        Decision::Deny
+                    } else {
+                        Decision::Allow
+                    };
+                    (decision, e.reason(), e.status().as_u16())
+                }
+            };
+            let record = AuditRecord {
+                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                request_id,
+                tenant: facts.tenant.map(|t| t.as_str().to_string()),
+                method,
+                operation: facts.operation.map(|op| op.as_str().to_string()),
+                task_id: facts.task_id.map(|id| id.as_str().to_string()),
+                decision,
+                reason: reason.to_string(),
+                status,
+                upstream_status: facts.upstream_status,
+                upstream_request_id: facts.upstream_request_id,
+                client_request_id,
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                remote_addr,
+            };
+            // The record is queued before the client sees the response.
+            if sink.write(record).await.is_err() {
+                tracing::error!("audit writer stopped; refusing to answer unaudited");
+                return Err(GatewayError::AuditUnavailable);
+            }
+            result
+        })
+    }
+}

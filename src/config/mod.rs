@@ -1,0 +1,224 @@
+//! Configuration: TOML is read into [`raw`] types, then validated once into
+//! types that cannot hold bad values. Validation walks the whole file and
+//! reports every problem, each with the key it concerns.
+
+pub mod raw;
+mod validate;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use rustls_pki_types::CertificateDer;
+
+use crate::route::{Operation, TaskId};
+use crate::secret::ArkApiKey;
+
+pub use validate::{ConfigError, ConfigProblem};
+
+/// Where the process looks up `upstream.api_key_env`. Production passes the
+/// real environment; the demo and tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The real process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `scheme://authority/path` without a trailing slash, e.g. `https://ark…/api/v3`.
+    pub base_url: Uri,
+    pub api_key: ArkApiKey,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_concurrent: NonZeroUsize,
+    pub max_response_bytes: usize,
+    pub allow_insecure_http: bool,
+    /// Extra trust anchors (PEM) besides the webpki roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSinkConfig {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub sink: AuditSinkConfig,
+}
+
+/// A tenant's name: 1 to 64 of `[A-Za-z0-9._-]`, safe in logs and metric labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantName(Arc<str>);
+
+impl TenantName {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        ok.then(|| Self(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The operations a tenant may perform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperationSet(u8);
+
+impl OperationSet {
+    pub fn insert(&mut self, op: Operation) {
+        self.0 |= op.bit();
+    }
+
+    pub fn contains(self, op: Operation) -> bool {
+        self.0 & op.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Operation> for OperationSet {
+    fn from_iter<I: IntoIterator<Item = Operation>>(iter: I) -> Self {
+        let mut set = Self::default();
+        for op in iter {
+            set.insert(op);
+        }
+        set
+    }
+}
+
+/// Static task grants: exact ids and `prefix*` patterns.
+#[derive(Debug, Clone, Default)]
+pub struct TaskGrants {
+    pub exact: HashSet<TaskId>,
+    pub prefixes: Vec<String>,
+}
+
+impl TaskGrants {
+    pub fn allows(&self, id: &TaskId) -> bool {
+        self.exact.contains(id)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| id.as_str().starts_with(p.as_str()))
+    }
+}
+
+/// A per-tenant rate: `cells` requests per `period`, with `burst` allowed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub per: RatePeriod,
+    pub rate: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RatePeriod {
+    Second,
+    Minute,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: TenantName,
+    pub token_sha256: [u8; 32],
+    pub operations: OperationSet,
+    /// `None`: every model may be used for create.
+    pub models: Option<BTreeSet<String>>,
+    pub task_ids: TaskGrants,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Config {
+    /// Parses and validates TOML text. `env` resolves `upstream.api_key_env`.
+    pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(ConfigError::parse)?;
+        validate::validate(raw, env)
+    }
+
+    /// Reads, parses and validates a config file with the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_toml_str(&text, &process_env)
+    }
+}
+
+/// What the admin CLI needs from a config file, without validating the rest
+/// (an operator managing the ledger need not hold the Ark key).
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    pub store_path: PathBuf,
+    pub tenant_names: Vec<String>,
+}
+
+impl StoreView {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let raw: raw::RawConfig = toml::from_str(&text).map_err(ConfigError::parse)?;
+        Ok(Self {
+            store_path: PathBuf::from(
+                raw.store
+                    .path
+                    .as_deref()
+                    .unwrap_or(validate::DEFAULT_STORE_PATH),
+            ),
+            tenant_names: raw.tenants.into_iter().filter_map(|t| t.name).collect(),
+        })
+    }
+}

@@ -1,0 +1,564 @@
+//! Raw → validated. Every check pushes a [`ConfigProblem`] naming its key and
+//! carries on, so `ark-gateway check` shows the whole list in one run.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::raw::{RawConfig, RawRateLimit, RawTenant};
+use super::*;
+use crate::route::{is_task_id, Operation, TaskId};
+use crate::secret::ArkApiKey;
+
+/// One thing wrong with the configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub(super) fn single(key: &str, message: String) -> Self {
+        Self {
+            problems: vec![ConfigProblem {
+                key: key.to_string(),
+                message,
+            }],
+        }
+    }
+
+    pub(super) fn parse(err: toml::de::Error) -> Self {
+        // toml's message names the line, the column and (for unknown keys) the
+        // key itself; keep it whole, on one line per problem.
+        Self::single("(syntax)", err.to_string().trim().replace('\n', " | "))
+    }
+
+    /// True when some problem concerns `key` (used by tests).
+    pub fn mentions(&self, key: &str) -> bool {
+        self.problems.iter().any(|p| p.key == key)
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const MIB: i64 = 1024 * 1024;
+pub(super) const DEFAULT_STORE_PATH: &str = "data/ark-gateway.redb";
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<&str>, default: &str) -> Duration {
+        let text = raw.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.push(key, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.push(
+                    key,
+                    format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, raw: Option<&str>, default: &str) -> SocketAddr {
+        let text = raw.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.push(
+                key,
+                format!("{text:?} is not an IP:port address like \"127.0.0.1:8080\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn positive(&mut self, key: &str, raw: Option<i64>, default: i64, max: i64) -> usize {
+        let value = raw.unwrap_or(default);
+        if value < 1 || value > max {
+            self.push(key, format!("{value} is out of range (1 to {max})"));
+            return 1;
+        }
+        value as usize
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+
+    let server = ServerConfig {
+        listen: p.addr(
+            "server.listen",
+            raw.server.listen.as_deref(),
+            DEFAULT_LISTEN,
+        ),
+        max_body_bytes: p.positive(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+            MIB,
+            64 * MIB,
+        ),
+        request_timeout: p.duration(
+            "server.request_timeout",
+            raw.server.request_timeout.as_deref(),
+            "60s",
+        ),
+        header_read_timeout: p.duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout.as_deref(),
+            "10s",
+        ),
+        shutdown_grace: p.duration(
+            "server.shutdown_grace",
+            raw.server.shutdown_grace.as_deref(),
+            "30s",
+        ),
+    };
+    let admin = AdminConfig {
+        listen: p.addr(
+            "admin.listen",
+            raw.admin.listen.as_deref(),
+            DEFAULT_ADMIN_LISTEN,
+        ),
+    };
+
+    let up = raw.upstream;
+    let base_url = validate_base_url(&mut p, up.base_url.as_deref(), up.allow_insecure_http);
+    let api_key = load_api_key(
+        &mut p,
+        up.api_key_env.as_deref(),
+        up.api_key_file.as_deref(),
+        env,
+    );
+    let extra_roots = match up.ca_file.as_deref() {
+        None => Vec::new(),
+        Some(path) => load_ca_file(&mut p, path),
+    };
+    let max_concurrent = p.positive("upstream.max_concurrent", up.max_concurrent, 64, 1_000_000);
+    let upstream = UpstreamConfig {
+        connect_timeout: p.duration(
+            "upstream.connect_timeout",
+            up.connect_timeout.as_deref(),
+            "5s",
+        ),
+        timeout: p.duration("upstream.timeout", up.timeout.as_deref(), "60s"),
+        max_concurrent: NonZeroUsize::new(max_concurrent).unwrap_or(NonZeroUsize::MIN),
+        max_response_bytes: p.positive(
+            "upstream.max_response_bytes",
+            up.max_response_bytes,
+            16 * MIB,
+            1024 * MIB,
+        ),
+        allow_insecure_http: up.allow_insecure_http,
+        extra_roots,
+        base_url: base_url.unwrap_or_else(|| Uri::from_static("https://invalid.invalid")),
+        api_key: match api_key {
+            Some(key) => key,
+            None => ArkApiKey::from_secret_text("invalid").expect("constant key is valid"),
+        },
+    };
+
+    let store = StoreConfig {
+        path: PathBuf::from(raw.store.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
+        retention: p.duration("store.retention", raw.store.retention.as_deref(), "30d"),
+    };
+
+    let audit = AuditConfig {
+        sink: match (
+            raw.audit.sink.as_deref().unwrap_or("stdout"),
+            raw.audit.path,
+        ) {
+            ("stdout", None) => AuditSinkConfig::Stdout,
+            ("stdout", Some(_)) => {
+                p.push("audit.path", "only applies when audit.sink = \"file\"");
+                AuditSinkConfig::Stdout
+            }
+            ("file", Some(path)) if !path.is_empty() => AuditSinkConfig::File(PathBuf::from(path)),
+            ("file", _) => {
+                p.push("audit.path", "is required when audit.sink = \"file\"");
+                AuditSinkConfig::Stdout
+            }
+            (other, _) => {
+                p.push(
+                    "audit.sink",
+                    format!("{other:?} is not one of \"stdout\", \"file\""),
+                );
+                AuditSinkConfig::Stdout
+            }
+        },
+    };
+
+    let tenants = validate_tenants(&mut p, raw.tenants);
+
+    if p.0.is_empty() {
+        Ok(Config {
+            server,
+            admin,
+            upstream,
+            store,
+            audit,
+            tenants,
+        })
+    } else {
+        Err(ConfigError { problems: p.0 })
+    }
+}
+
+fn validate_base_url(
+    p: &mut Problems,
+    raw: Option<&str>,
+    allow_insecure_http: bool,
+) -> Option<Uri> {
+    const KEY: &str = "upstream.base_url";
+    let Some(text) = raw else {
+        p.push(
+            KEY,
+            "is required (Ark's is \"https://ark.cn-beijing.volces.com/api/v3\")",
+        );
+        return None;
+    };
+    let Ok(uri) = text.parse::<Uri>() else {
+        p.push(KEY, format!("{text:?} is not a URL"));
+        return None;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        p.push(
+            KEY,
+            format!("{text:?} must be an absolute URL with scheme and host"),
+        );
+        return None;
+    };
+    match scheme {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => {
+            p.push(
+                KEY,
+                "is http:// but the Ark key must travel over TLS; set upstream.allow_insecure_http = true only for a local mock",
+            );
+            return None;
+        }
+        other => {
+            p.push(KEY, format!("scheme {other:?} is not http or https"));
+            return None;
+        }
+    }
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        p.push(KEY, "must not carry a query or user information");
+        return None;
+    }
+    let path = uri.path().trim_end_matches('/');
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query(if path.is_empty() { "/" } else { path })
+        .build()
+        .ok()
+        .map(|uri| {
+            // Keep "no trailing slash" as an invariant: an empty path means the host root.
+            if path.is_empty() {
+                format!("{scheme}://{authority}").parse().unwrap_or(uri)
+            } else {
+                uri
+            }
+        })
+}
+
+fn load_api_key(
+    p: &mut Problems,
+    env_name: Option<&str>,
+    file: Option<&str>,
+    env: EnvLookup<'_>,
+) -> Option<ArkApiKey> {
+    let (key, text) = match (env_name, file) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "upstream.api_key_env",
+                "set either api_key_env or api_key_file, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            p.push(
+                "upstream.api_key_env",
+                "the Ark key is required: set api_key_env or api_key_file (never the key itself)",
+            );
+            return None;
+        }
+        (Some(name), None) => match env(name) {
+            Some(value) => ("upstream.api_key_env", value),
+            None => {
+                p.push(
+                    "upstream.api_key_env",
+                    format!("environment variable {name} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => ("upstream.api_key_file", text),
+            Err(e) => {
+                p.push(
+                    "upstream.api_key_file",
+                    format!("cannot read {path}: {}", e.kind()),
+                );
+                return None;
+            }
+        },
+    };
+    match ArkApiKey::from_secret_text(&text) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            // The error text never contains the key.
+            p.push(key, format!("the key {e}"));
+            None
+        }
+    }
+}
+
+fn load_ca_file(p: &mut Problems, path: &str) -> Vec<CertificateDer<'static>> {
+    const KEY: &str = "upstream.ca_file";
+    let iter = match CertificateDer::pem_file_iter(path) {
+        Ok(iter) => iter,
+        Err(e) => {
+            p.push(KEY, format!("cannot read {path}: {e}"));
+            return Vec::new();
+        }
+    };
+    match iter.collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if !certs.is_empty() => certs,
+        Ok(_) => {
+            p.push(KEY, format!("{path} holds no PEM certificate"));
+            Vec::new()
+        }
+        Err(e) => {
+            p.push(KEY, format!("{path} is not valid PEM: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
+    if raw.is_empty() {
+        p.push("tenant", "at least one [[tenant]] is required");
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut hashes: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut tenants = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("tenant[{i}].{field}");
+        let name = match t.name.as_deref() {
+            None => {
+                p.push(key("name"), "is required");
+                None
+            }
+            Some(raw_name) => match TenantName::parse(raw_name) {
+                None => {
+                    p.push(
+                        key("name"),
+                        format!("{raw_name:?} must be 1-64 of letters, digits, '-', '_', '.'"),
+                    );
+                    None
+                }
+                Some(name) => {
+                    if let Some(first) = names.insert(raw_name.to_string(), i) {
+                        p.push(
+                            key("name"),
+                            format!("{raw_name:?} is also the name of tenant[{first}]"),
+                        );
+                    }
+                    Some(name)
+                }
+            },
+        };
+        let token_sha256 = match t.token_sha256.as_deref() {
+            None => {
+                p.push(
+                    key("token_sha256"),
+                    "is required (see `ark-gateway hash-token`)",
+                );
+                None
+            }
+            Some(hex_text) => match parse_sha256_hex(hex_text) {
+                None => {
+                    p.push(
+                        key("token_sha256"),
+                        "must be 64 hexadecimal characters (a SHA-256 digest)",
+                    );
+                    None
+                }
+                Some(hash) => {
+                    if let Some(first) = hashes.insert(hash, i) {
+                        p.push(
+                            key("token_sha256"),
+                            format!("is the same as tenant[{first}]'s: tokens must differ"),
+                        );
+                    }
+                    Some(hash)
+                }
+            },
+        };
+        let operations = match t.operations {
+            None => {
+                p.push(
+                    key("operations"),
+                    "is required: a list of \"create\", \"get\", \"list\", \"delete\"",
+                );
+                OperationSet::default()
+            }
+            Some(list) => {
+                let mut set = OperationSet::default();
+                for op in &list {
+                    match Operation::parse(op) {
+                        Some(op) => set.insert(op),
+                        None => p.push(
+                            key("operations"),
+                            format!(
+                                "{op:?} is not one of \"create\", \"get\", \"list\", \"delete\""
+                            ),
+                        ),
+                    }
+                }
+                if list.is_empty() {
+                    p.push(key("operations"), "must name at least one operation");
+                }
+                set
+            }
+        };
+        let models = match t.models {
+            None => None,
+            Some(list) if list.is_empty() => {
+                p.push(
+                    key("models"),
+                    "is empty, so no create could succeed; remove the key to allow every model",
+                );
+                None
+            }
+            Some(list) => Some(list.into_iter().collect::<BTreeSet<_>>()),
+        };
+        let task_ids = validate_grants(p, &key("task_ids"), t.task_ids);
+        let rate_limit = validate_rate_limit(p, &key("rate_limit"), t.rate_limit);
+        if let (Some(name), Some(token_sha256), Some(rate_limit)) = (name, token_sha256, rate_limit)
+        {
+            tenants.push(TenantConfig {
+                name,
+                token_sha256,
+                operations,
+                models,
+                task_ids,
+                rate_limit,
+            });
+        }
+    }
+    tenants
+}
+
+fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    (text.len() == 64 && hex::decode_to_slice(text, &mut out).is_ok()).then_some(out)
+}
+
+fn validate_grants(p: &mut Problems, key: &str, raw: Vec<String>) -> TaskGrants {
+    let mut grants = TaskGrants::default();
+    let mut seen = HashSet::new();
+    for entry in raw {
+        if !seen.insert(entry.clone()) {
+            p.push(key, format!("{entry:?} is listed twice"));
+            continue;
+        }
+        match entry.strip_suffix('*') {
+            Some("") => p.push(
+                key,
+                "\"*\" alone would grant every task of every tenant; name ids or prefixes such as \"cgt-2025*\"",
+            ),
+            Some(prefix) if is_task_id(prefix) => grants.prefixes.push(prefix.to_string()),
+            Some(_) => p.push(key, format!("{entry:?}: a prefix grant is task-id characters followed by one '*'")),
+            None => match TaskId::parse(&entry) {
+                Some(id) => {
+                    grants.exact.insert(id);
+                }
+                None => p.push(
+                    key,
+                    format!("{entry:?} is not a task id (1-128 of letters, digits, '-', '_') or a prefix ending in '*'"),
+                ),
+            },
+        }
+    }
+    grants
+}
+
+fn validate_rate_limit(
+    p: &mut Problems,
+    key: &str,
+    raw: Option<RawRateLimit>,
+) -> Option<RateLimitConfig> {
+    let Some(raw) = raw else {
+        p.push(key, "is required, e.g. { per_second = 5, burst = 10 }");
+        return None;
+    };
+    let positive = |p: &mut Problems, field: &str, value: i64| -> Option<NonZeroU32> {
+        let v = u32::try_from(value).ok().and_then(NonZeroU32::new);
+        if v.is_none() {
+            p.push(
+                format!("{key}.{field}"),
+                format!("{value} must be a whole number from 1 to {}", u32::MAX),
+            );
+        }
+        v
+    };
+    let (per, rate) = match (raw.per_second, raw.per_minute) {
+        (Some(n), None) => (RatePeriod::Second, positive(p, "per_second", n)?),
+        (None, Some(n)) => (RatePeriod::Minute, positive(p, "per_minute", n)?),
+        _ => {
+            p.push(key, "set exactly one of per_second or per_minute");
+            return None;
+        }
+    };
+    let burst = match raw.burst {
+        None => rate,
+        Some(b) => positive(p, "burst", b)?,
+    };
+    Some(RateLimitConfig { per, rate, burst })
+}

@@ -1,0 +1,198 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use super::UpstreamClient;
+use crate::audit::AuditNote;
+use crate::config::UpstreamConfig;
+use crate::hop::strip_hop_by_hop;
+use crate::policy::UpstreamQuery;
+use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
+use crate::route::{Operation, TaskId, UPSTREAM_TASKS_PATH};
+
+/// Sends requests to Ark. Cheap to clone: everything is shared.
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `upstream.base_url`, no trailing slash.
+    base: String,
+    timeout: Duration,
+    max_response_bytes: usize,
+    slots: Arc<Semaphore>,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient, config: &UpstreamConfig) -> Self {
+        Self {
+            client,
+            shared: Arc::new(Shared {
+                base: config
+                    .base_url
+                    .to_string()
+                    .trim_end_matches('/')
+                    .to_string(),
+                timeout: config.timeout,
+                max_response_bytes: config.max_response_bytes,
+                slots: Arc::new(Semaphore::new(config.max_concurrent.get())),
+            }),
+        }
+    }
+
+    /// Requests to Ark in flight right now.
+    pub fn in_flight(&self, max_concurrent: usize) -> usize {
+        max_concurrent - self.shared.slots.available_permits()
+    }
+}
+
+/// The upstream URL, built from the typed facts the policy attached.
+pub fn upstream_uri(
+    base: &str,
+    task_id: Option<&TaskId>,
+    query: Option<&UpstreamQuery>,
+) -> Result<Uri, http::Error> {
+    let mut url = String::with_capacity(base.len() + 64 + query.map_or(0, |q| q.0.len()));
+    url.push_str(base);
+    url.push_str(UPSTREAM_TASKS_PATH);
+    if let Some(id) = task_id {
+        url.push('/');
+        url.push_str(id.as_str());
+    }
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(&query.0);
+    }
+    Ok(Uri::try_from(url)?)
+}
+
+impl Service<Request<Bytes>> for Forward {
+    type Response = GatewayResponse;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The client's pool never pushes back; capacity is the slot semaphore,
+        // which refuses rather than waits, so it is checked in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+                return Err(GatewayError::UpstreamBusy);
+            };
+            let (parts, body) = req.into_parts();
+            let operation = parts.extensions.get::<Operation>().copied();
+            // A create that may have reached Ark has an unknown fate on failure.
+            let is_create = operation == Some(Operation::Create);
+            let uri = upstream_uri(
+                &shared.base,
+                parts.extensions.get::<TaskId>(),
+                parts.extensions.get::<UpstreamQuery>(),
+            )
+            .map_err(|_| GatewayError::UpstreamUnavailable {
+                kind: UpstreamFailure::BadRequest,
+                fate_unknown: false,
+            })?;
+            let note = parts.extensions.get::<AuditNote>().cloned();
+            let mut outbound = Request::new(Full::new(body));
+            *outbound.method_mut() = parts.method;
+            *outbound.uri_mut() = uri;
+            *outbound.headers_mut() = parts.headers;
+
+            let exchange = async {
+                let response = client.request(outbound).await.map_err(|e| {
+                    let kind = if e.is_connect() {
+                        UpstreamFailure::Connect
+                    } else {
+                        UpstreamFailure::Protocol
+                    };
+                    tracing::warn!(kind = kind.as_str(), error = %e, "upstream request failed");
+                    GatewayError::UpstreamUnavailable {
+                        kind,
+                        // Nothing was sent if the connection never came up.
+                        fate_unknown: is_create && kind != UpstreamFailure::Connect,
+                    }
+                })?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, shared.max_response_bytes)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        let kind = if e.downcast_ref::<LengthLimitError>().is_some() {
+                            UpstreamFailure::ResponseTooLarge
+                        } else {
+                            UpstreamFailure::Protocol
+                        };
+                        tracing::warn!(
+                            kind = kind.as_str(),
+                            status = parts.status.as_u16(),
+                            "reading the upstream response failed"
+                        );
+                        GatewayError::UpstreamUnavailable {
+                            kind,
+                            fate_unknown: is_create,
+                        }
+                    })?;
+                Ok::<_, GatewayError>((parts, body.to_bytes()))
+            };
+            let (mut parts, body) = match tokio::time::timeout(shared.timeout, exchange).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!(timeout = ?shared.timeout, "upstream did not answer in time");
+                    return Err(GatewayError::UpstreamTimeout {
+                        fate_unknown: is_create,
+                    });
+                }
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            if let Some(note) = note {
+                let upstream_request_id = parts
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(|v| v.chars().take(128).collect());
+                note.record(|facts| {
+                    facts.upstream_status = Some(parts.status.as_u16());
+                    facts.upstream_request_id = upstream_request_id;
+                });
+            }
+            Ok(Response::from_parts(parts, Full::new(body)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_appends_the_route_to_the_base() {
+        let id = TaskId::parse("cgt-20250331175019-68d9t").unwrap();
+        let uri = upstream_uri("https://ark.example/api/v3", Some(&id), None).unwrap();
+        assert_eq!(
+            uri,
+            "https://ark.example/api/v3/contents/generations/tasks/cgt-20250331175019-68d9t"
+        );
+        let q = UpstreamQuery("page_num=1&filter.task_ids=a".into());
+        let uri = upstream_uri("http://127.0.0.1:9/api/v3", None, Some(&q)).unwrap();
+        assert_eq!(
+            uri,
+            "http://127.0.0.1:9/api/v3/contents/generations/tasks?page_num=1&filter.task_ids=a"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! Turns the tenant's request into the gateway's own request to Ark: drops
+//! connection-specific and gateway-owned headers, then sets the real key as a
+//! sensitive `Authorization` header. It sits just before forwarding so that
+//! the key is attached as late as possible and no other layer ever holds a
+//! request that carries it.
+
+mod layer;
+mod service;
+
+pub use layer::InjectCredentialLayer;
+pub use service::InjectCredentialService;
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::hop::strip_hop_by_hop;
+
+/// Headers that describe the tenant's connection or the gateway's own
+/// contract and so must not reach Ark. `Accept-Encoding` is dropped because the
+/// gateway reads Ark's JSON (the created task id, list pages) and therefore
+/// asks for it uncompressed.
+const NOT_FORWARDED: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::ACCEPT_ENCODING,
+    header::EXPECT,
+    header::COOKIE,
+    HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static("x-request-id"),
+];
+
+/// Prepares the outbound header set (before the key is added).
+pub fn outbound_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in &NOT_FORWARDED {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn tenant_credential_and_connection_headers_do_not_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tenant-token"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("gateway:8080"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-client-request-id"),
+        );
+        h.insert("x-client-request-id", HeaderValue::from_static("abc"));
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::USER_AGENT, HeaderValue::from_static("ark-sdk"));
+        outbound_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "user-agent"]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The ownership ledger: which tenant created (or was granted) which task.
+//!
+//! The policy talks only to the [`Ledger`] trait. The embedded implementation
+//! is [`RedbLedger`] (one file, no server); a shared implementation for several
+//! replicas can slot in behind the same trait without touching the policy.
+//!
+//! A create is two durable writes around the upstream call: an *intent* before
+//! it (so that a broken store refuses the create before anything reaches Ark,
+//! and so that an `Idempotency-Key` is reserved), and the *ownership record*
+//! after it, committed before the tenant sees the new id.
+
+mod redb_store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use redb_store::{RedbLedger, StoreFaults};
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Ark lists only the last 7 days of tasks (see API.md); the ledger lists the same window.
+pub const LIST_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LedgerError {
+    /// The store cannot be read or written (I/O error, disk full, closed).
+    #[error("the task ledger is unavailable: {0}")]
+    Unavailable(String),
+    /// Another process (a running gateway) holds the ledger file.
+    #[error("the ledger file is in use by another process (is the gateway running?)")]
+    InUse,
+}
+
+/// What became of a task, as far as the gateway saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Active,
+    Cancelled,
+    Deleted,
+}
+
+/// How the tenant came to own the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskSource {
+    Created,
+    Granted,
+}
+
+/// One ownership record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub tenant: String,
+    /// The model it was created with (unknown for grants).
+    pub model: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub client_request_id: Option<String>,
+    pub state: TaskState,
+    pub source: TaskSource,
+}
+
+/// A task in a tenant's list index (newest first), without the full record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedTask {
+    pub task_id: String,
+    pub model: Option<String>,
+    pub created_ms: u64,
+    pub state: TaskState,
+}
+
+/// A create about to be forwarded.
+#[derive(Debug, Clone)]
+pub struct CreateIntent {
+    /// Unique per request (the gateway's request id).
+    pub intent_id: String,
+    pub tenant: String,
+    pub idempotency_key: Option<String>,
+    pub at_ms: u64,
+}
+
+/// What [`Ledger::begin_create`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginOutcome {
+    /// Go ahead and forward.
+    Begun,
+    /// The same key already created this task: answer with it, do not forward.
+    Replay { task_id: String },
+    /// The same key is in flight, or its earlier create has an unknown outcome.
+    Conflict,
+}
+
+/// How a create that did not produce an owned task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateFate {
+    /// Ark refused it, or it never reached Ark: the key is released.
+    Failed,
+    /// It may have reached Ark (time-out after sending): the key stays blocked.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub tasks: usize,
+    pub idempotency_keys: usize,
+    pub intents: usize,
+}
+
+/// The ownership ledger as the policy sees it.
+pub trait Ledger: Send + Sync + 'static {
+    /// Durably records that a create is about to be forwarded.
+    fn begin_create(&self, intent: CreateIntent) -> LedgerFuture<'_, BeginOutcome>;
+    /// Durably records the created task's owner (and the key's result).
+    fn complete_create(&self, intent: CreateIntent, record: TaskRecord) -> LedgerFuture<'_, ()>;
+    /// Closes an intent that produced no owned task.
+    fn abandon_create(&self, intent: CreateIntent, fate: CreateFate) -> LedgerFuture<'_, ()>;
+    /// The ownership record of a task, if any.
+    fn owner_of<'a>(&'a self, task_id: &'a str) -> LedgerFuture<'a, Option<TaskRecord>>;
+    /// Marks a task cancelled or deleted.
+    fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()>;
+    /// The tenant's tasks created at or after `since_ms`, newest first, deleted ones left out.
+    fn owned_tasks<'a>(
+        &'a self,
+        tenant: &'a str,
+        since_ms: u64,
+    ) -> LedgerFuture<'a, Vec<OwnedTask>>;
+    /// Every record, optionally of one tenant (for the admin CLI).
+    fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>>;
+    /// Gives existing tasks to a tenant (admin). Returns how many were written.
+    fn grant<'a>(
+        &'a self,
+        tenant: &'a str,
+        task_ids: &'a [String],
+        at_ms: u64,
+    ) -> LedgerFuture<'a, usize>;
+    /// Removes tasks from the ledger (admin). Returns how many existed.
+    fn revoke<'a>(&'a self, task_ids: &'a [String]) -> LedgerFuture<'a, usize>;
+    /// Drops tasks created before `tasks_before_ms`, and idempotency keys and
+    /// intents older than `keys_before_ms`.
+    fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport>;
+    /// Number of ownership records.
+    fn len(&self) -> Result<u64, LedgerError>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,646 @@
+//! The embedded ledger: one redb file. Reads run on the caller (MVCC read
+//! transactions never wait for writers); writes go to one writer thread that
+//! commits them in groups, one fsync per group, so durable creates scale with
+//! concurrency instead of being limited by one fsync per request.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use redb::backends::FileBackend;
+use redb::{
+    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// task id → [`TaskRecord`] (JSON).
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// (tenant, created_ms, task id) → [state, has_model, model…]: one range scan lists a tenant.
+const BY_TENANT: TableDefinition<(&str, u64, &str), &[u8]> =
+    TableDefinition::new("tasks_by_tenant");
+/// (tenant, idempotency key) → [`KeyEntry`] (JSON).
+const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
+/// intent id → [`IntentEntry`] (JSON): creates forwarded and not yet settled.
+const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("create_intents");
+
+/// Writes waiting for the writer thread.
+const WRITE_QUEUE: usize = 8192;
+/// Most operations committed together.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KeyStatus {
+    Pending,
+    Done,
+    Unknown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyEntry {
+    status: KeyStatus,
+    task_id: Option<String>,
+    at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntentEntry {
+    tenant: String,
+    idempotency_key: Option<String>,
+    at_ms: u64,
+}
+
+enum Op {
+    Begin(CreateIntent),
+    Complete(CreateIntent, TaskRecord),
+    Abandon(CreateIntent, CreateFate),
+    SetState(String, TaskState),
+    Grant(String, Vec<String>, u64),
+    Revoke(Vec<String>),
+    Sweep(u64, u64),
+}
+
+enum Outcome {
+    Begin(BeginOutcome),
+    Unit,
+    Count(usize),
+    Swept(SweepReport),
+}
+
+struct WriteRequest {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+}
+
+/// A switch that makes the store's disk fail (writes and syncs return ENOSPC),
+/// to exercise the fail-closed paths for real.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFaults(Arc<AtomicBool>);
+
+impl StoreFaults {
+    pub fn fail_writes(&self, fail: bool) {
+        self.0.store(fail, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct FaultableBackend {
+    inner: FileBackend,
+    faults: StoreFaults,
+}
+
+impl FaultableBackend {
+    fn check(&self) -> io::Result<()> {
+        if self.faults.0.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FaultableBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self, eventual: bool) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync_data(eventual)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+/// The redb-backed ledger. Cheap to share behind an `Arc`.
+pub struct RedbLedger {
+    db: Arc<Database>,
+    writes: mpsc::Sender<WriteRequest>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(e.to_string())
+}
+
+impl RedbLedger {
+    /// Opens (or creates) the ledger file and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_with_faults(path, StoreFaults::default())
+    }
+
+    /// As [`Self::open`], with a fault switch on the underlying file.
+    pub fn open_with_faults(path: &Path, faults: StoreFaults) -> Result<Self, LedgerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let inner = FileBackend::new(file).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse,
+            other => unavailable(other),
+        })?;
+        let db = Database::builder()
+            .create_with_backend(FaultableBackend { inner, faults })
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse,
+                other => unavailable(other),
+            })?;
+        // Create every table once so that read transactions can always open them.
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(TASKS).map_err(unavailable)?;
+            txn.open_table(BY_TENANT).map_err(unavailable)?;
+            txn.open_table(KEYS).map_err(unavailable)?;
+            txn.open_table(INTENTS).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || write_loop(&writer_db, queue))
+            .map_err(unavailable)?;
+        Ok(Self { db, writes })
+    }
+
+    /// Creates that were forwarded but never settled (the process died in
+    /// between): their tasks may exist upstream without an owner.
+    pub fn unsettled_creates(&self) -> Result<Vec<(String, String, u64)>, LedgerError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(INTENTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            if let Ok(intent) = serde_json::from_slice::<IntentEntry>(v.value()) {
+                out.push((k.value().to_string(), intent.tenant, intent.at_ms));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, op: Op) -> Result<Outcome, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| unavailable("the ledger writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the ledger writer has stopped"))?
+    }
+}
+
+fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = queue.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_group(db, &mut group);
+    }
+}
+
+/// Applies a group in one transaction and answers each request only after the
+/// commit (and its fsync) succeeded.
+fn commit_group(db: &Database, group: &mut Vec<WriteRequest>) {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            let e = unavailable(e);
+            tracing::error!(error = %e, "ledger write failed");
+            for request in group.drain(..) {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for request in group.iter_mut() {
+        let op = std::mem::replace(&mut request.op, Op::Revoke(Vec::new()));
+        results.push(apply(&txn, op));
+    }
+    match txn.commit() {
+        Ok(()) => {
+            for (request, result) in group.drain(..).zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(e) => {
+            let e = unavailable(e);
+            tracing::error!(error = %e, "ledger commit failed; the ledger fails closed");
+            for request in group.drain(..) {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn index_value(state: TaskState, model: Option<&str>) -> Vec<u8> {
+    let state = match state {
+        TaskState::Active => 0,
+        TaskState::Cancelled => 1,
+        TaskState::Deleted => 2,
+    };
+    let mut v = vec![state, u8::from(model.is_some())];
+    v.extend_from_slice(model.unwrap_or("").as_bytes());
+    v
+}
+
+fn decode_index(v: &[u8]) -> (TaskState, Option<String>) {
+    let state = match v.first() {
+        Some(1) => TaskState::Cancelled,
+        Some(2) => TaskState::Deleted,
+        _ => TaskState::Active,
+    };
+    let model = (v.get(1) == Some(&1)).then(|| String::from_utf8_lossy(&v[2..]).into_owned());
+    (state, model)
+}
+
+fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerError> {
+    let mut tasks = txn.open_table(TASKS).map_err(unavailable)?;
+    let mut index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+    if let Some(old) = tasks.get(record.task_id.as_str()).map_err(unavailable)? {
+        // A re-grant may move the task to another tenant: drop the old index entry.
+        if let Ok(old) = serde_json::from_slice::<TaskRecord>(old.value()) {
+            drop(index.remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str())));
+        }
+    }
+    let json = serde_json::to_vec(record).expect("records serialize");
+    tasks
+        .insert(record.task_id.as_str(), json.as_slice())
+        .map_err(unavailable)?;
+    index
+        .insert(
+            (
+                record.tenant.as_str(),
+                record.created_ms,
+                record.task_id.as_str(),
+            ),
+            index_value(record.state, record.model.as_deref()).as_slice(),
+        )
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn remove_task(txn: &WriteTransaction, task_id: &str) -> Result<bool, LedgerError> {
+    let old: Option<Option<TaskRecord>> = {
+        let mut tasks = txn.open_table(TASKS).map_err(unavailable)?;
+        let removed = tasks.remove(task_id).map_err(unavailable)?;
+        removed.map(|old| serde_json::from_slice(old.value()).ok())
+    };
+    let Some(old) = old else {
+        return Ok(false);
+    };
+    if let Some(old) = old {
+        let mut index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+        index
+            .remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str()))
+            .map_err(unavailable)?;
+    }
+    Ok(true)
+}
+
+fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
+    match op {
+        Op::Begin(intent) => {
+            if let Some(key) = &intent.idempotency_key {
+                let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
+                let existing = keys
+                    .get((intent.tenant.as_str(), key.as_str()))
+                    .map_err(unavailable)?
+                    .and_then(|v| serde_json::from_slice::<KeyEntry>(v.value()).ok());
+                let window_start = intent
+                    .at_ms
+                    .saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
+                if let Some(entry) = existing.filter(|e| e.at_ms >= window_start) {
+                    return Ok(Outcome::Begin(match (entry.status, entry.task_id) {
+                        (KeyStatus::Done, Some(task_id)) => BeginOutcome::Replay { task_id },
+                        _ => BeginOutcome::Conflict,
+                    }));
+                }
+                let entry = KeyEntry {
+                    status: KeyStatus::Pending,
+                    task_id: None,
+                    at_ms: intent.at_ms,
+                };
+                keys.insert(
+                    (intent.tenant.as_str(), key.as_str()),
+                    serde_json::to_vec(&entry).expect("serializes").as_slice(),
+                )
+                .map_err(unavailable)?;
+            }
+            let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+            let entry = IntentEntry {
+                tenant: intent.tenant.clone(),
+                idempotency_key: intent.idempotency_key.clone(),
+                at_ms: intent.at_ms,
+            };
+            intents
+                .insert(
+                    intent.intent_id.as_str(),
+                    serde_json::to_vec(&entry).expect("serializes").as_slice(),
+                )
+                .map_err(unavailable)?;
+            Ok(Outcome::Begin(BeginOutcome::Begun))
+        }
+        Op::Complete(intent, record) => {
+            put_task(txn, &record)?;
+            settle(txn, &intent, KeyStatus::Done, Some(record.task_id.clone()))?;
+            Ok(Outcome::Unit)
+        }
+        Op::Abandon(intent, fate) => {
+            let status = match fate {
+                CreateFate::Failed => None,
+                CreateFate::Unknown => Some(KeyStatus::Unknown),
+            };
+            match status {
+                Some(status) => settle(txn, &intent, status, None)?,
+                None => {
+                    if let Some(key) = &intent.idempotency_key {
+                        let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
+                        keys.remove((intent.tenant.as_str(), key.as_str()))
+                            .map_err(unavailable)?;
+                    }
+                    let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+                    intents
+                        .remove(intent.intent_id.as_str())
+                        .map_err(unavailable)?;
+                }
+            }
+            Ok(Outcome::Unit)
+        }
+        Op::SetState(task_id, state) => {
+            let record = {
+                let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+                let value = tasks.get(task_id.as_str()).map_err(unavailable)?;
+                value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
+            };
+            if let Some(mut record) = record {
+                record.state = state;
+                put_task(txn, &record)?;
+            }
+            Ok(Outcome::Unit)
+        }
+        Op::Grant(tenant, ids, at_ms) => {
+            for id in &ids {
+                let existing = {
+                    let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+                    let value = tasks.get(id.as_str()).map_err(unavailable)?;
+                    value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
+                };
+                let record = match existing {
+                    Some(mut r) => {
+                        r.tenant = tenant.clone();
+                        r
+                    }
+                    None => TaskRecord {
+                        task_id: id.clone(),
+                        tenant: tenant.clone(),
+                        model: None,
+                        created_ms: at_ms,
+                        client_request_id: None,
+                        state: TaskState::Active,
+                        source: TaskSource::Granted,
+                    },
+                };
+                put_task(txn, &record)?;
+            }
+            Ok(Outcome::Count(ids.len()))
+        }
+        Op::Revoke(ids) => {
+            let mut removed = 0;
+            for id in &ids {
+                removed += usize::from(remove_task(txn, id)?);
+            }
+            Ok(Outcome::Count(removed))
+        }
+        Op::Sweep(tasks_before, keys_before) => {
+            let mut report = SweepReport::default();
+            let old_tasks: Vec<String> = {
+                let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+                let mut old = Vec::new();
+                for entry in tasks.iter().map_err(unavailable)? {
+                    let (k, v) = entry.map_err(unavailable)?;
+                    let created = serde_json::from_slice::<TaskRecord>(v.value())
+                        .map(|r| r.created_ms)
+                        .unwrap_or(0);
+                    if created < tasks_before {
+                        old.push(k.value().to_string());
+                    }
+                }
+                old
+            };
+            for id in &old_tasks {
+                report.tasks += usize::from(remove_task(txn, id)?);
+            }
+            let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
+            let before = keys.len().map_err(unavailable)?;
+            keys.retain(|_, v| {
+                serde_json::from_slice::<KeyEntry>(v)
+                    .map(|e| e.at_ms >= keys_before)
+                    .unwrap_or(false)
+            })
+            .map_err(unavailable)?;
+            report.idempotency_keys = (before - keys.len().map_err(unavailable)?) as usize;
+            let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+            let before = intents.len().map_err(unavailable)?;
+            intents
+                .retain(|_, v| {
+                    serde_json::from_slice::<IntentEntry>(v)
+                        .map(|e| e.at_ms >= keys_before)
+                        .unwrap_or(false)
+                })
+                .map_err(unavailable)?;
+            report.intents = (before - intents.len().map_err(unavailable)?) as usize;
+            Ok(Outcome::Swept(report))
+        }
+    }
+}
+
+/// Closes an intent and records the key's result.
+fn settle(
+    txn: &WriteTransaction,
+    intent: &CreateIntent,
+    status: KeyStatus,
+    task_id: Option<String>,
+) -> Result<(), LedgerError> {
+    if let Some(key) = &intent.idempotency_key {
+        let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
+        let entry = KeyEntry {
+            status,
+            task_id,
+            at_ms: intent.at_ms,
+        };
+        keys.insert(
+            (intent.tenant.as_str(), key.as_str()),
+            serde_json::to_vec(&entry).expect("serializes").as_slice(),
+        )
+        .map_err(unavailable)?;
+    }
+    let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+    intents
+        .remove(intent.intent_id.as_str())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn expect_unit(outcome: Outcome) -> Result<(), LedgerError> {
+    match outcome {
+        Outcome::Unit => Ok(()),
+        _ => Err(unavailable("unexpected ledger outcome")),
+    }
+}
+
+fn expect_count(outcome: Outcome) -> Result<usize, LedgerError> {
+    match outcome {
+        Outcome::Count(n) => Ok(n),
+        _ => Err(unavailable("unexpected ledger outcome")),
+    }
+}
+
+impl Ledger for RedbLedger {
+    fn begin_create(&self, intent: CreateIntent) -> LedgerFuture<'_, BeginOutcome> {
+        Box::pin(async move {
+            match self.write(Op::Begin(intent)).await? {
+                Outcome::Begin(outcome) => Ok(outcome),
+                _ => Err(unavailable("unexpected ledger outcome")),
+            }
+        })
+    }
+
+    fn complete_create(&self, intent: CreateIntent, record: TaskRecord) -> LedgerFuture<'_, ()> {
+        Box::pin(async move { expect_unit(self.write(Op::Complete(intent, record)).await?) })
+    }
+
+    fn abandon_create(&self, intent: CreateIntent, fate: CreateFate) -> LedgerFuture<'_, ()> {
+        Box::pin(async move { expect_unit(self.write(Op::Abandon(intent, fate)).await?) })
+    }
+
+    fn owner_of<'a>(&'a self, task_id: &'a str) -> LedgerFuture<'a, Option<TaskRecord>> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+            let value = tasks.get(task_id).map_err(unavailable)?;
+            Ok(value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok()))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()> {
+        Box::pin(
+            async move { expect_unit(self.write(Op::SetState(task_id.to_string(), state)).await?) },
+        )
+    }
+
+    fn owned_tasks<'a>(
+        &'a self,
+        tenant: &'a str,
+        since_ms: u64,
+    ) -> LedgerFuture<'a, Vec<OwnedTask>> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+            // '~' sorts after every task-id character, so this covers all ids.
+            let range = index
+                .range((tenant, since_ms, "")..=(tenant, u64::MAX, "~"))
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in range.rev() {
+                let (k, v) = entry.map_err(unavailable)?;
+                let (_, created_ms, task_id) = k.value();
+                let (state, model) = decode_index(v.value());
+                if state != TaskState::Deleted {
+                    out.push(OwnedTask {
+                        task_id: task_id.to_string(),
+                        model,
+                        created_ms,
+                        state,
+                    });
+                }
+            }
+            Ok(out)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in tasks.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                if let Ok(record) = serde_json::from_slice::<TaskRecord>(v.value()) {
+                    if tenant.is_none_or(|t| t == record.tenant) {
+                        out.push(record);
+                    }
+                }
+            }
+            out.sort_by(|a, b| {
+                (&a.tenant, a.created_ms, &a.task_id).cmp(&(&b.tenant, b.created_ms, &b.task_id))
+            });
+            Ok(out)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn grant<'a>(
+        &'a self,
+        tenant: &'a str,
+        task_ids: &'a [String],
+        at_ms: u64,
+    ) -> LedgerFuture<'a, usize> {
+        Box::pin(async move {
+            expect_count(
+                self.write(Op::Grant(tenant.to_string(), task_ids.to_vec(), at_ms))
+                    .await?,
+            )
+        })
+    }
+
+    fn revoke<'a>(&'a self, task_ids: &'a [String]) -> LedgerFuture<'a, usize> {
+        Box::pin(async move { expect_count(self.write(Op::Revoke(task_ids.to_vec())).await?) })
+    }
+
+    fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport> {
+        Box::pin(async move {
+            match self
+                .write(Op::Sweep(tasks_before_ms, keys_before_ms))
+                .await?
+            {
+                Outcome::Swept(report) => Ok(report),
+                _ => Err(unavailable("unexpected ledger outcome")),
+            }
+        })
+    }
+
+    fn len(&self) -> Result<u64, LedgerError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+        tasks.len().map_err(unavailable)
+    }
+}

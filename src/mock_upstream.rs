@@ -1,0 +1,496 @@
+//! A simulated Ark tasks API with the semantics of `shared/ark/API.md`:
+//! tasks go queued → running → succeeded over configurable times, DELETE acts
+//! by status as in the provider's table, errors are Ark-shaped, and every
+//! response carries `x-request-id`. It records every request it receives so a
+//! test can prove what did (and did not) reach the upstream.
+//!
+//! Besides the Ark paths it serves `GET /_mock/requests` (the record, as JSON)
+//! for tests that run it as a separate process.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+use crate::policy::{ListQuery, TaskStatus};
+use crate::route::TaskId;
+
+const TASKS: &str = "/api/v3/contents/generations/tasks";
+
+/// How the simulated tasks behave.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    pub api_key: String,
+    /// Time a new task stays queued.
+    pub queued_for: Duration,
+    /// Time it then runs before it succeeds.
+    pub running_for: Duration,
+}
+
+impl MockOptions {
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self {
+            api_key: api_key.into(),
+            queued_for: Duration::from_secs(2),
+            running_for: Duration::from_secs(3),
+        }
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedRequest {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl ReceivedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct MockTask {
+    id: String,
+    model: String,
+    service_tier: String,
+    created: Instant,
+    created_at: i64,
+    cancelled_at: Option<i64>,
+}
+
+struct State {
+    options: MockOptions,
+    tasks: Mutex<HashMap<String, MockTask>>,
+    received: Mutex<Vec<ReceivedRequest>>,
+    counter: AtomicU64,
+    seed: u64,
+}
+
+/// A running mock.
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl MockTask {
+    fn status(&self, options: &MockOptions) -> TaskStatus {
+        if self.cancelled_at.is_some() {
+            return TaskStatus::Cancelled;
+        }
+        let age = self.created.elapsed();
+        if age < options.queued_for {
+            TaskStatus::Queued
+        } else if age < options.queued_for + options.running_for {
+            TaskStatus::Running
+        } else {
+            TaskStatus::Succeeded
+        }
+    }
+
+    fn to_json(&self, options: &MockOptions) -> Value {
+        let status = self.status(options);
+        let mut task = json!({
+            "id": self.id,
+            "model": self.model,
+            "status": status.as_str(),
+            "created_at": self.created_at,
+            "updated_at": self.cancelled_at.unwrap_or(self.created_at),
+            "seed": 42,
+            "resolution": "720p",
+            "ratio": "16:9",
+            "duration": 5,
+            "framespersecond": 24,
+            "service_tier": self.service_tier,
+            "execution_expires_after": 172800,
+        });
+        if status == TaskStatus::Succeeded {
+            task["content"] =
+                json!({"video_url": format!("https://ark-mock.invalid/{}.mp4", self.id)});
+            task["usage"] = json!({"completion_tokens": 108900, "total_tokens": 108900});
+        }
+        task
+    }
+}
+
+impl State {
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Ark's request ids look like `0217…`; ours only need to be unique.
+    fn request_id(&self) -> String {
+        format!(
+            "0217{:012x}{:08x}",
+            self.seed & 0xffff_ffff_ffff,
+            self.next()
+        )
+    }
+
+    /// `cgt-YYYYMMDDhhmmss-xxxxx`, as Ark's ids look.
+    fn task_id(&self) -> String {
+        let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let mut x = self.seed ^ self.next().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let suffix: String = (0..5)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                alphabet[(x % 36) as usize] as char
+            })
+            .collect();
+        format!("cgt-{stamp}-{suffix}")
+    }
+}
+
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    param: &str,
+    request_id: &str,
+) -> (StatusCode, Value) {
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::NOT_FOUND => "NotFound",
+        _ => "InternalServiceError",
+    };
+    (
+        status,
+        json!({"error": {"code": code, "message": format!("{message} Request id: {request_id}"), "param": param, "type": kind}}),
+    )
+}
+
+async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+{
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+
+    if parts.method == Method::GET && parts.uri.path() == "/_mock/requests" {
+        let received = state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        return respond(StatusCode::OK, json!(received), None);
+    }
+    state
+        .received
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(ReceivedRequest {
+            method: parts.method.to_string(),
+            path_and_query,
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+
+    let request_id = state.request_id();
+    let expected = format!("Bearer {}", state.options.api_key);
+    let (status, value) = if parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        != Some(expected.as_bytes())
+    {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationError",
+            "The API key or AK/SK in the request is missing or invalid.",
+            "",
+            &request_id,
+        )
+    } else {
+        route(
+            &state,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            &body,
+            &request_id,
+        )
+    };
+    respond(status, value, Some(&request_id))
+}
+
+fn respond(status: StatusCode, value: Value, request_id: Option<&str>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+fn route(
+    state: &State,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    rid: &str,
+) -> (StatusCode, Value) {
+    let opts = &state.options;
+    if path == TASKS {
+        return match *method {
+            Method::POST => create(state, body, rid),
+            Method::GET => list(state, query, rid),
+            _ => error(StatusCode::NOT_FOUND, "NotFound", "Unknown path.", "", rid),
+        };
+    }
+    let Some(id) = path.strip_prefix(TASKS).and_then(|r| r.strip_prefix('/')) else {
+        return error(StatusCode::NOT_FOUND, "NotFound", "Unknown path.", "", rid);
+    };
+    let mut tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(task) = tasks.get_mut(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The specified task {id} is not found."),
+            "id",
+            rid,
+        );
+    };
+    match *method {
+        Method::GET => (StatusCode::OK, task.to_json(opts)),
+        Method::DELETE => match task.status(opts) {
+            TaskStatus::Queued => {
+                task.cancelled_at = Some(unix_now());
+                (StatusCode::OK, json!({}))
+            }
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired => {
+                tasks.remove(id);
+                (StatusCode::OK, json!({}))
+            }
+            status @ (TaskStatus::Running | TaskStatus::Cancelled) => error(
+                StatusCode::BAD_REQUEST,
+                "InvalidAction.TaskStatus",
+                &format!("A task in status {status} can be neither cancelled nor deleted."),
+                "id",
+                rid,
+            ),
+        },
+        _ => error(StatusCode::NOT_FOUND, "NotFound", "Unknown path.", "", rid),
+    }
+}
+
+fn create(state: &State, body: &[u8], rid: &str) -> (StatusCode, Value) {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "The request body is not a JSON object.",
+            "",
+            rid,
+        );
+    };
+    let Some(model) = fields.get("model").and_then(Value::as_str) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MissingParameter",
+            "The parameter `model` is missing.",
+            "model",
+            rid,
+        );
+    };
+    if !fields.get("content").is_some_and(Value::is_array) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MissingParameter",
+            "The parameter `content` is missing.",
+            "content",
+            rid,
+        );
+    }
+    let service_tier = fields
+        .get("service_tier")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let mut tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let id = loop {
+        let id = state.task_id();
+        if !tasks.contains_key(&id) {
+            break id;
+        }
+    };
+    tasks.insert(
+        id.clone(),
+        MockTask {
+            id: id.clone(),
+            model: model.to_string(),
+            service_tier: service_tier.to_string(),
+            created: Instant::now(),
+            created_at: unix_now(),
+            cancelled_at: None,
+        },
+    );
+    (StatusCode::OK, json!({"id": id}))
+}
+
+fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
+    let Ok(q) = ListQuery::parse(query) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "A list parameter is invalid.",
+            "",
+            rid,
+        );
+    };
+    let opts = &state.options;
+    let tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let wanted: Option<Vec<&str>> = q
+        .task_ids
+        .as_ref()
+        .map(|ids| ids.iter().map(TaskId::as_str).collect());
+    let mut items: Vec<Value> = tasks
+        .values()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.id.as_str())))
+        .filter(|t| q.status.is_none_or(|s| t.status(opts) == s))
+        .filter(|t| q.model.as_ref().is_none_or(|m| &t.model == m))
+        .filter(|t| q.service_tier.as_ref().is_none_or(|s| &t.service_tier == s))
+        .map(|t| t.to_json(opts))
+        .collect();
+    crate::policy::sort_newest_first(&mut items);
+    let total = items.len();
+    let start = (q.page_num() as usize - 1) * q.page_size() as usize;
+    let page: Vec<Value> = items
+        .into_iter()
+        .skip(start)
+        .take(q.page_size() as usize)
+        .collect();
+    (StatusCode::OK, json!({"total": total, "items": page}))
+}
+
+impl MockUpstream {
+    /// Serves on `listener` in the background.
+    pub fn start(listener: TcpListener, options: MockOptions) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let state = Arc::new(State {
+            options,
+            tasks: Mutex::new(HashMap::new()),
+            received: Mutex::new(Vec::new()),
+            counter: AtomicU64::new(1),
+            seed: u64::from_le_bytes(seed) | 1,
+        });
+        let service_state = state.clone();
+        let service = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let state = service_state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            listen: addr,
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(async move {
+            crate::server::serve(listener, service, &config, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to configure as `upstream.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v3", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Number of tasks the mock holds.
+    pub fn task_count(&self) -> usize {
+        self.state
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,71 @@
+//! Gives every request an id of the gateway's own, before anything else runs,
+//! so that every audit record and every response, even a rejection, carries it.
+//!
+//! A client-sent `x-request-id` is not trusted as the audit id (a tenant could
+//! forge another's); the client's own id travels as `X-Client-Request-Id`.
+
+mod layer;
+mod service;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use http::HeaderValue;
+
+pub use layer::RequestIdLayer;
+pub use service::RequestIdService;
+
+/// The gateway's id for one request (32 hex characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+/// The response header that always carries the gateway's id. `x-request-id`
+/// carries Ark's id when Ark answered, and the gateway's when it answered itself.
+pub const GATEWAY_REQUEST_ID: &str = "x-gateway-request-id";
+
+impl RequestId {
+    /// A new id: a random per-process prefix and a counter, so ids never repeat
+    /// within a process and differ between replicas, with no syscall per request.
+    pub fn generate() -> Self {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut seed = [0u8; 8];
+            // getrandom only fails where the OS has no randomness source at all;
+            // a time-based prefix still keeps ids unique within the process.
+            if getrandom::fill(&mut seed).is_err() {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                seed = nanos.to_le_bytes();
+            }
+            u64::from_le_bytes(seed)
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{prefix:016x}{n:016x}");
+        Self(HeaderValue::try_from(text).expect("hex is a valid header value"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("generated ids are ASCII")
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_hex() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

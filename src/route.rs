@@ -1,0 +1,245 @@
+//! The four task routes, parsed once from the request line into typed facts.
+//!
+//! Only these paths exist; anything else is refused before any policy runs. The
+//! raw path is matched byte for byte: hyper hands over the request target
+//! undecoded, and we never decode it, so `%2e%2e`, `%2F` and friends are simply
+//! characters that are not allowed in a task id.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Method, Uri};
+
+use crate::rescue::GatewayError;
+
+/// The path prefix tenants call, identical to Ark's.
+pub const TASKS_PATH: &str = "/api/v3/contents/generations/tasks";
+/// The same path relative to `upstream.base_url` (which ends in `/api/v3`).
+pub const UPSTREAM_TASKS_PATH: &str = "/contents/generations/tasks";
+/// Longest task id accepted.
+pub const MAX_TASK_ID_LEN: usize = 128;
+
+/// What a request asks Ark to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Create,
+    Get,
+    List,
+    Delete,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [Self::Create, Self::Get, Self::List, Self::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
+    /// A bit for [`crate::config::OperationSet`].
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task id that passed [`TaskId::parse`]: 1 to 128 of `[A-Za-z0-9_-]`.
+/// The id that was authorised is, byte for byte, the id that is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(Arc<str>);
+
+impl TaskId {
+    pub fn parse(raw: &str) -> Option<Self> {
+        is_task_id(raw).then(|| Self(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The character set and length rule for task ids (also used for grants).
+pub fn is_task_id(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw.len() <= MAX_TASK_ID_LEN
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The result of routing: which operation, and on which task for get/delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub operation: Operation,
+    pub task_id: Option<TaskId>,
+}
+
+/// Maps a method and request target onto one of the four routes.
+pub fn route(method: &Method, uri: &Uri) -> Result<Route, GatewayError> {
+    // A sidecar is not a forward proxy: absolute-form targets
+    // (`GET http://other/api/v3/...`) are refused rather than interpreted.
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(GatewayError::AbsoluteFormTarget);
+    }
+    let path = uri.path();
+    if path == TASKS_PATH {
+        return match *method {
+            Method::POST => Ok(Route {
+                operation: Operation::Create,
+                task_id: None,
+            }),
+            Method::GET => Ok(Route {
+                operation: Operation::List,
+                task_id: None,
+            }),
+            _ => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
+        };
+    }
+    let Some(rest) = path
+        .strip_prefix(TASKS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+    else {
+        return Err(GatewayError::NoRoute);
+    };
+    // Exactly one segment of the id alphabet: this refuses empty segments,
+    // trailing slashes, dot segments, percent-escapes, `;` parameters and
+    // anything longer than 128 bytes.
+    let task_id = TaskId::parse(rest).ok_or(GatewayError::InvalidTaskId)?;
+    let operation = match *method {
+        Method::GET => Operation::Get,
+        Method::DELETE => Operation::Delete,
+        _ => {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: "GET, DELETE",
+            })
+        }
+    };
+    Ok(Route {
+        operation,
+        task_id: Some(task_id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_of(method: Method, target: &str) -> Result<Route, GatewayError> {
+        route(&method, &target.parse::<Uri>().unwrap())
+    }
+
+    #[test]
+    fn the_four_routes() {
+        let create = route_of(Method::POST, TASKS_PATH).unwrap();
+        assert_eq!(
+            (create.operation, create.task_id),
+            (Operation::Create, None)
+        );
+        let list = route_of(Method::GET, &format!("{TASKS_PATH}?page_num=2")).unwrap();
+        assert_eq!(list.operation, Operation::List);
+        let get = route_of(
+            Method::GET,
+            &format!("{TASKS_PATH}/cgt-20250331175019-68d9t"),
+        )
+        .unwrap();
+        assert_eq!(get.operation, Operation::Get);
+        assert_eq!(get.task_id.unwrap().as_str(), "cgt-20250331175019-68d9t");
+        let delete = route_of(Method::DELETE, &format!("{TASKS_PATH}/abc_DEF-1")).unwrap();
+        assert_eq!(delete.operation, Operation::Delete);
+    }
+
+    #[test]
+    fn other_methods_on_known_paths_are_405() {
+        for (method, path) in [
+            (Method::PUT, TASKS_PATH.to_string()),
+            (Method::DELETE, TASKS_PATH.to_string()),
+            (Method::POST, format!("{TASKS_PATH}/cgt-1")),
+            (Method::PATCH, format!("{TASKS_PATH}/cgt-1")),
+        ] {
+            assert!(
+                matches!(
+                    route_of(method.clone(), &path),
+                    Err(GatewayError::MethodNotAllowed { .. })
+                ),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for path in [
+            "/",
+            "/api/v3/chat/completions",
+            "/API/V3/contents/generations/tasks",
+            "//api/v3/contents/generations/tasks",
+            "/api/v3/contents/generations/taskss",
+            "/api/v3/contents/generations",
+        ] {
+            assert!(
+                matches!(route_of(Method::GET, path), Err(GatewayError::NoRoute)),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_ids_are_400() {
+        let long = "a".repeat(MAX_TASK_ID_LEN + 1);
+        for id in [
+            "",
+            "cgt-1/",
+            "cgt-1/more",
+            "..",
+            ".",
+            "%2e%2e",
+            "cgt%2D1",
+            "a%2Fb",
+            "a%5Cb",
+            "cgt-1;v=1",
+            "cgt-1.json",
+            "/cgt-1",
+            long.as_str(),
+        ] {
+            let target = format!("{TASKS_PATH}/{id}");
+            assert!(
+                matches!(
+                    route_of(Method::GET, &target),
+                    Err(GatewayError::InvalidTaskId)
+                ),
+                "{target}"
+            );
+        }
+        let longest = "a".repeat(MAX_TASK_ID_LEN);
+        assert!(route_of(Method::GET, &format!("{TASKS_PATH}/{longest}")).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_is_refused() {
+        let err = route_of(
+            Method::GET,
+            &format!("http://other.example{TASKS_PATH}/cgt-1"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GatewayError::AbsoluteFormTarget));
+    }
+}

@@ -1,0 +1,67 @@
+//! The one tower stack. Order matters; each layer says why it sits where it does.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body;
+use tower::{Service, ServiceBuilder};
+
+use crate::audit::{AuditLayer, AuditSink};
+use crate::auth::AuthLayer;
+use crate::forward::Forward;
+use crate::inject::InjectCredentialLayer;
+use crate::ledger::Ledger;
+use crate::policy::{PolicyLayer, PolicyLimits};
+use crate::rate_limit::RateLimitLayer;
+use crate::request_id::RequestIdLayer;
+use crate::rescue::{GatewayResponse, RescueLayer};
+use crate::secret::ArkApiKey;
+use crate::tenant::TenantDirectory;
+
+/// What the stack is built from.
+pub struct StackParts {
+    pub tenants: Arc<TenantDirectory>,
+    pub audit: AuditSink,
+    pub limits: PolicyLimits,
+    pub ledger: Arc<dyn Ledger>,
+    pub api_key: ArkApiKey,
+    pub forward: Forward,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn build<B>(
+    parts: StackParts,
+) -> impl Service<Request<B>, Response = GatewayResponse, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ServiceBuilder::new()
+        // 1. Request id first, so every response (even a rescued rejection) and
+        //    every audit record carries the gateway's id.
+        .layer(RequestIdLayer)
+        // 2. The one place where rejections become Ark-shaped HTTP. Outside
+        //    audit, so audit sees the typed error and its reason, not just a status.
+        .layer(RescueLayer)
+        // 3. Audit wraps everything that can decide, so denied, failed and
+        //    forwarded requests all produce exactly one record.
+        .layer(AuditLayer::new(parts.audit))
+        // 4. Authenticate before anything costs work; strips the tenant token.
+        .layer(AuthLayer::new(parts.tenants))
+        // 5. Per-tenant rate limit: needs the tenant, and runs before any body
+        //    is read, so a tenant over its limit is cheap to refuse.
+        .layer(RateLimitLayer)
+        // 6. Route + task-id policy: the only layer that reads bodies and
+        //    decides which ids a request may touch.
+        .layer(PolicyLayer::new(parts.limits, parts.ledger))
+        // 7. Only now, with the request fully allowed, attach the Ark key.
+        .layer(InjectCredentialLayer::new(parts.api_key))
+        // 8. Forward to Ark, within the global in-flight limit.
+        .service(parts.forward)
+}
