@@ -107,6 +107,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         })
         .await;
         sweeper.abort();
+        let _ = sweeper.await;
         // Every clone of the stack, and so every audit sender, is gone now:
         // the writer drains what is queued and flushes.
         let _ = tokio::task::spawn_blocking(move || writer.finish()).await;

@@ -129,6 +129,20 @@ impl StorageBackend for FaultableBackend {
 pub struct RedbLedger {
     db: Arc<Database>,
     writes: mpsc::Sender<WriteRequest>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbLedger {
+    /// Closes the write queue and waits for the writer to finish its last
+    /// group, so that the file (and its exclusive lock) is released when the
+    /// ledger is dropped, not at some later moment.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.writes, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LedgerError {
@@ -176,11 +190,15 @@ impl RedbLedger {
         let db = Arc::new(db);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || write_loop(&writer_db, queue))
             .map_err(unavailable)?;
-        Ok(Self { db, writes })
+        Ok(Self {
+            db,
+            writes,
+            writer: Some(writer),
+        })
     }
 
     /// Creates that were forwarded but never settled (the process died in
@@ -210,7 +228,7 @@ impl RedbLedger {
     }
 }
 
-fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
+fn write_loop(db: &Arc<Database>, mut queue: mpsc::Receiver<WriteRequest>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = queue.blocking_recv() {
         group.push(first);

@@ -356,11 +356,14 @@ async fn record_delete_outcome<S: Upstream>(
     }
 }
 
-/// A task a list may show, with the model when the ledger knows it.
+/// A task a list may show. `created_ms` is set for tasks the ledger holds
+/// (whose existence and creation time the gateway knows); static grants from
+/// the config have neither, and only Ark can say whether they exist.
 #[derive(Debug, Clone)]
 struct Candidate {
     id: TaskId,
     model: Option<String>,
+    created_ms: Option<u64>,
 }
 
 /// The tasks a list may show, newest first: those the tenant created through
@@ -385,6 +388,7 @@ async fn list_candidates(
             Some(Candidate {
                 id: TaskId::parse(&t.task_id)?,
                 model: t.model,
+                created_ms: Some(t.created_ms),
             })
         })
         .collect();
@@ -395,6 +399,7 @@ async fn list_candidates(
             candidates.push(Candidate {
                 id: id.clone(),
                 model: None,
+                created_ms: None,
             });
         }
     }
@@ -408,6 +413,7 @@ async fn list_candidates(
                 narrowed.push(Candidate {
                     id: id.clone(),
                     model: None,
+                    created_ms: None,
                 });
             } else if let Ok(Some(record)) = ledger.owner_of(id.as_str()).await {
                 // Owned, but older than the window or deleted: Ark decides.
@@ -415,6 +421,7 @@ async fn list_candidates(
                     narrowed.push(Candidate {
                         id: id.clone(),
                         model: record.model,
+                        created_ms: None,
                     });
                 }
             }
@@ -473,13 +480,14 @@ fn json_response(value: &serde_json::Value) -> GatewayResponse {
     response
 }
 
-/// Lists only `candidates`, never sending more than [`IDS_PER_UPSTREAM_CALL`]
+/// Lists only `candidates`, never naming more than [`IDS_PER_UPSTREAM_CALL`]
 /// ids in one upstream URL:
 /// - up to that many: one call; Ark filters and pages, its answer passes through;
-/// - more, and every filter can be decided from the ledger: the gateway counts
-///   and pages, and asks Ark only for the page's ids;
-/// - more, with a filter only Ark can decide (status, service tier, the model
-///   of a granted task): the ids are asked for in chunks and merged.
+/// - more, with no status or service-tier filter: the tasks the ledger knows
+///   are counted and ordered by the gateway; only the page's tasks, plus any
+///   static grants (whose existence only Ark knows), are asked of Ark;
+/// - more, with a filter only Ark can decide: all ids are asked for in chunks,
+///   and the gateway merges, counts and pages.
 async fn list<S: Upstream>(
     inner: S,
     parts: Parts,
@@ -491,8 +499,8 @@ async fn list<S: Upstream>(
         note.record(|facts| facts.answered_locally = true);
         return Ok(json_response(&serde_json::json!({"total": 0, "items": []})));
     }
-    let ids: Vec<TaskId> = candidates.iter().map(|c| c.id.clone()).collect();
-    if ids.len() <= IDS_PER_UPSTREAM_CALL {
+    if candidates.len() <= IDS_PER_UPSTREAM_CALL {
+        let ids: Vec<TaskId> = candidates.into_iter().map(|c| c.id).collect();
         let upstream =
             UpstreamQuery(query.upstream_query(&ids, query.page_num(), query.page_size()));
         return inner
@@ -507,20 +515,106 @@ async fn list<S: Upstream>(
     }
     let page_size = query.page_size() as usize;
     let start = (query.page_num() as usize - 1).saturating_mul(page_size);
-    let decided_locally = query.status.is_none()
-        && query.service_tier.is_none()
-        && (query.model.is_none() || candidates.iter().all(|c| c.model.is_some()));
-    let (total, fetch, skip) = if decided_locally {
-        let page: Vec<TaskId> = ids.iter().skip(start).take(page_size).cloned().collect();
-        (Some(ids.len()), page, 0)
+
+    if query.status.is_some() || query.service_tier.is_some() {
+        let mut items = match fetch_items(
+            inner.clone(),
+            &parts,
+            query,
+            candidates.into_iter().map(|c| c.id).collect(),
+        )
+        .await?
+        {
+            Ok(items) => items,
+            Err(refusal) => return Ok(refusal),
+        };
+        sort_newest_first(&mut items);
+        let total = items.len();
+        let page: Vec<_> = items.into_iter().skip(start).take(page_size).collect();
+        return Ok(json_response(
+            &serde_json::json!({"total": total, "items": page}),
+        ));
+    }
+
+    // Known to the ledger (and, with a model filter, of a known model): counted here.
+    let decidable =
+        |c: &Candidate| c.created_ms.is_some() && (query.model.is_none() || c.model.is_some());
+    let (local, remote): (Vec<Candidate>, Vec<Candidate>) =
+        candidates.into_iter().partition(decidable);
+    let remote_items = if remote.is_empty() {
+        Vec::new()
     } else {
-        (None, ids, start)
+        match fetch_items(
+            inner.clone(),
+            &parts,
+            query,
+            remote.into_iter().map(|c| c.id).collect(),
+        )
+        .await?
+        {
+            Ok(items) => items,
+            Err(refusal) => return Ok(refusal),
+        }
     };
-    let mut items = Vec::new();
-    for chunk in fetch.chunks(IDS_PER_UPSTREAM_CALL) {
+    // (created_ms, id, item if already fetched), newest first.
+    let mut merged: Vec<(u64, TaskId, Option<serde_json::Value>)> = local
+        .into_iter()
+        .map(|c| (c.created_ms.unwrap_or(0), c.id, None))
+        .collect();
+    for item in remote_items {
+        let created_ms = item.get("created_at").and_then(|v| v.as_u64()).unwrap_or(0) * 1000;
+        if let Some(id) = item
+            .get("id")
+            .and_then(|v| v.as_str())
+            .and_then(TaskId::parse)
+        {
+            merged.push((created_ms, id, Some(item)));
+        }
+    }
+    merged.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let total = merged.len();
+    let page: Vec<_> = merged.into_iter().skip(start).take(page_size).collect();
+    let missing: Vec<TaskId> = page
+        .iter()
+        .filter(|e| e.2.is_none())
+        .map(|e| e.1.clone())
+        .collect();
+    let mut fetched: HashMap<String, serde_json::Value> = HashMap::new();
+    if !missing.is_empty() {
+        let items = match fetch_items(inner, &parts, query, missing).await? {
+            Ok(items) => items,
+            Err(refusal) => return Ok(refusal),
+        };
+        for item in items {
+            if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+                fetched.insert(id.to_string(), item.clone());
+            }
+        }
+    }
+    // A task the ledger holds but Ark no longer lists (deleted elsewhere,
+    // expired) leaves a gap in its page; see README "Listing".
+    let items: Vec<_> = page
+        .into_iter()
+        .filter_map(|(_, id, item)| item.or_else(|| fetched.remove(id.as_str())))
+        .collect();
+    Ok(json_response(
+        &serde_json::json!({"total": total, "items": items}),
+    ))
+}
+
+/// Asks Ark for `ids` (with the query's filters) in bounded chunks. The outer
+/// error is a failure; the inner `Err` is Ark's own refusal, to pass through.
+async fn fetch_items<S: Upstream>(
+    inner: S,
+    parts: &Parts,
+    query: &ListQuery,
+    ids: Vec<TaskId>,
+) -> Result<Result<Vec<serde_json::Value>, GatewayResponse>, GatewayError> {
+    let mut items = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_UPSTREAM_CALL) {
         let upstream = UpstreamQuery(query.upstream_query(chunk, 1, chunk.len() as u32));
         let request = upstream_request(
-            copy_parts(&parts),
+            copy_parts(parts),
             Operation::List,
             None,
             Some(upstream),
@@ -528,8 +622,7 @@ async fn list<S: Upstream>(
         );
         let response = inner.clone().oneshot(request).await?;
         if response.status() != StatusCode::OK {
-            // Ark's own refusal passes through unchanged.
-            return Ok(response);
+            return Ok(Err(response));
         }
         let body = response
             .into_body()
@@ -544,12 +637,7 @@ async fn list<S: Upstream>(
             })?;
         items.extend(page.items);
     }
-    sort_newest_first(&mut items);
-    let total = total.unwrap_or(items.len());
-    let page: Vec<_> = items.into_iter().skip(skip).take(page_size).collect();
-    Ok(json_response(
-        &serde_json::json!({"total": total, "items": page}),
-    ))
+    Ok(Ok(items))
 }
 
 /// Ark lists newest first; ties are broken by id so pages are stable.

@@ -1,0 +1,418 @@
+//! The ownership ledger through the gateway: ownership survives restarts,
+//! a failing store refuses creates before anything reaches Ark, retried
+//! creates with an Idempotency-Key reach Ark once, and lists page correctly
+//! over more tasks than one upstream call may name.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ark_gateway::ledger::{
+    BeginOutcome, CreateFate, CreateIntent, Ledger, RedbLedger, TaskRecord, TaskSource, TaskState,
+};
+use common::*;
+
+fn task(id: &str) -> String {
+    format!("{TASKS}/{id}")
+}
+
+fn ids_of(json: &serde_json::Value) -> Vec<String> {
+    json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_survives_a_restart() {
+    let mut env = TestEnv::start().await;
+    let alphas = env.create(ALPHA).await;
+    let betas = env.create(BETA).await;
+    env.restart_gateway().await;
+    assert_eq!(
+        env.call("GET", &task(&alphas), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.call("GET", &task(&betas), Some(BETA), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.call("GET", &task(&alphas), Some(BETA), None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        env.call("GET", TASKS, Some(ALPHA), None).await.json()["total"],
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_refuses_creates_before_forwarding() {
+    let mut env = TestEnv::start().await;
+    let owned = env.create(ALPHA).await;
+    let before = env.upstream_count();
+    env.faults.fail_writes(true);
+    for _ in 0..3 {
+        let reply = env
+            .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
+            .await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert_eq!(reply.error_code(), "ServiceUnavailable");
+    }
+    assert_eq!(
+        env.upstream_count(),
+        before,
+        "a create reached Ark although its owner could not be recorded"
+    );
+    // Reads of existing ownership still work, and still refuse strangers.
+    assert_eq!(
+        env.call("GET", &task(&owned), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.call("GET", &task(&owned), Some(BETA), None)
+            .await
+            .status,
+        403
+    );
+    let audit = env.finish().await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.reason == "ledger_unavailable")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_creates_with_an_idempotency_key_reach_ark_once() {
+    let env = TestEnv::start().await;
+    let send = |token: &'static str, key: &'static str, body: &'static str| {
+        let addr = env.addr;
+        async move {
+            let auth = format!("Bearer {token}");
+            request(
+                addr,
+                "POST",
+                TASKS,
+                &[("Authorization", &auth), ("Idempotency-Key", key)],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let first = send(ALPHA, "retry-1", CREATE_BODY).await;
+    let second = send(ALPHA, "retry-1", CREATE_BODY).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 200);
+    assert_eq!(first.json()["id"], second.json()["id"]);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    let creates = || env.upstream().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(creates(), 1, "the retried create reached Ark again");
+    // The same key from another tenant is another tenant's key.
+    let other = send(BETA, "retry-1", CREATE_BODY).await;
+    assert_ne!(other.json()["id"], first.json()["id"]);
+    assert_eq!(creates(), 2);
+    // Ark refusing a create frees the key for a corrected retry.
+    let refused = send(ALPHA, "retry-2", r#"{"model":"model-a"}"#).await;
+    assert_eq!(
+        refused.status,
+        400,
+        "the mock requires content: {}",
+        refused.text()
+    );
+    let fixed = send(ALPHA, "retry-2", CREATE_BODY).await;
+    assert_eq!(fixed.status, 200, "{}", fixed.text());
+    assert_eq!(creates(), 4);
+    let bad = request(
+        env.addr,
+        "POST",
+        TASKS,
+        &[
+            ("Authorization", "Bearer token-alpha"),
+            ("Idempotency-Key", ""),
+        ],
+        CREATE_BODY.as_bytes(),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+}
+
+async fn create_many(env: &TestEnv, token: &'static str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for batch in 0..n.div_ceil(25) {
+        let mut joins = Vec::new();
+        for _ in 0..25.min(n - batch * 25) {
+            let addr = env.addr;
+            joins.push(tokio::spawn(async move {
+                let auth = format!("Bearer {token}");
+                let reply = request(
+                    addr,
+                    "POST",
+                    TASKS,
+                    &[("Authorization", &auth)],
+                    CREATE_BODY.as_bytes(),
+                )
+                .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                reply.json()["id"].as_str().unwrap().to_string()
+            }));
+        }
+        for j in joins {
+            ids.push(j.await.unwrap());
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_correctly_beyond_one_upstream_call() {
+    let env = TestEnv::start().await;
+    let alphas = create_many(&env, ALPHA, 230).await;
+    let betas = create_many(&env, BETA, 7).await;
+    let all_alpha: HashSet<&String> = alphas.iter().collect();
+
+    // No filter Ark must decide: the ledger counts and pages.
+    let mut seen = Vec::new();
+    for page in 1..=3 {
+        let json = env
+            .call(
+                "GET",
+                &format!("{TASKS}?page_size=100&page_num={page}"),
+                Some(ALPHA),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(json["total"], 230, "page {page}");
+        seen.extend(ids_of(&json));
+    }
+    assert_eq!(seen.len(), 230);
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>(),
+        all_alpha,
+        "pages hold each of alpha's tasks once"
+    );
+
+    // Cancel some, then filter by status: Ark decides, the gateway merges.
+    for id in &alphas[..12] {
+        assert_eq!(
+            env.call("DELETE", &task(id), Some(ALPHA), None)
+                .await
+                .status,
+            200
+        );
+    }
+    let cancelled = env
+        .call(
+            "GET",
+            &format!("{TASKS}?filter.status=cancelled&page_size=5"),
+            Some(ALPHA),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(cancelled["total"], 12);
+    assert_eq!(ids_of(&cancelled).len(), 5);
+    let queued_p3 = env
+        .call(
+            "GET",
+            &format!("{TASKS}?filter.status=queued&page_size=100&page_num=3"),
+            Some(ALPHA),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(queued_p3["total"], 218);
+    assert_eq!(ids_of(&queued_p3).len(), 18);
+    assert!(ids_of(&queued_p3).iter().all(|id| all_alpha.contains(id)));
+
+    // Beta never sees alpha's tasks, however it pages.
+    let beta = env
+        .call("GET", &format!("{TASKS}?page_size=500"), Some(BETA), None)
+        .await
+        .json();
+    assert_eq!(beta["total"], 7);
+    assert_eq!(
+        ids_of(&beta).iter().collect::<HashSet<_>>(),
+        betas.iter().collect::<HashSet<_>>()
+    );
+
+    // Every upstream URL stayed bounded.
+    for r in env.upstream() {
+        let n = r.path_and_query.matches("filter.task_ids=").count();
+        assert!(n <= 100, "an upstream list named {n} ids");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_record_whether_they_cancelled_or_deleted() {
+    // Tasks finish at once here, so a DELETE deletes the record.
+    let mut options = Options::default();
+    options.mock.queued_for = Duration::ZERO;
+    options.mock.running_for = Duration::ZERO;
+    let mut env = TestEnv::start_with(options).await;
+    let finished = env.create(ALPHA).await;
+    assert_eq!(
+        env.call("DELETE", &task(&finished), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.call("GET", TASKS, Some(ALPHA), None).await.json()["total"],
+        0,
+        "a deleted task is not listed"
+    );
+    // Still the tenant's: a get is forwarded and Ark says it is gone.
+    assert_eq!(
+        env.call("GET", &task(&finished), Some(ALPHA), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        env.call("GET", &task(&finished), Some(BETA), None)
+            .await
+            .status,
+        403
+    );
+    env.stop_gateway().await;
+    let ledger = RedbLedger::open(&env.dir.path().join("ledger.redb")).unwrap();
+    let records = ledger.all_tasks(Some("alpha")).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].state, TaskState::Deleted);
+    drop(ledger);
+
+    let mut env = TestEnv::start().await; // tasks stay queued: DELETE cancels
+    let queued = env.create(ALPHA).await;
+    assert_eq!(
+        env.call("DELETE", &task(&queued), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    env.stop_gateway().await;
+    let ledger = RedbLedger::open(&env.dir.path().join("ledger.redb")).unwrap();
+    assert_eq!(
+        ledger.owner_of(&queued).await.unwrap().unwrap().state,
+        TaskState::Cancelled
+    );
+}
+
+fn record(id: &str, tenant: &str, created_ms: u64) -> TaskRecord {
+    TaskRecord {
+        task_id: id.to_string(),
+        tenant: tenant.to_string(),
+        model: Some("model-a".into()),
+        created_ms,
+        client_request_id: None,
+        state: TaskState::Active,
+        source: TaskSource::Created,
+    }
+}
+
+fn intent(id: &str, tenant: &str, key: Option<&str>, at_ms: u64) -> CreateIntent {
+    CreateIntent {
+        intent_id: id.to_string(),
+        tenant: tenant.to_string(),
+        idempotency_key: key.map(str::to_string),
+        at_ms,
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_drops_expired_entries_and_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    for (i, created) in [(1, 1_000u64), (2, 2_000), (3, 50_000)] {
+        let id = format!("cgt-{i}");
+        let it = intent(&format!("i{i}"), "alpha", Some(&format!("k{i}")), created);
+        assert_eq!(
+            ledger.begin_create(it.clone()).await.unwrap(),
+            BeginOutcome::Begun
+        );
+        ledger
+            .complete_create(it, record(&id, "alpha", created))
+            .await
+            .unwrap();
+    }
+    let report = ledger.sweep(10_000, 10_000).await.unwrap();
+    assert_eq!((report.tasks, report.idempotency_keys), (2, 2));
+    let left: Vec<_> = ledger
+        .owned_tasks("alpha", 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(left, ["cgt-3"]);
+    assert!(ledger.owner_of("cgt-1").await.unwrap().is_none());
+    assert_eq!(ledger.len().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_outcomes_in_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    let a = intent("r1", "alpha", Some("k"), 1_000);
+    assert_eq!(
+        ledger.begin_create(a.clone()).await.unwrap(),
+        BeginOutcome::Begun
+    );
+    // In flight: a second attempt conflicts instead of creating again.
+    assert_eq!(
+        ledger
+            .begin_create(intent("r2", "alpha", Some("k"), 1_001))
+            .await
+            .unwrap(),
+        BeginOutcome::Conflict
+    );
+    // Unknown fate keeps the key blocked.
+    ledger.abandon_create(a, CreateFate::Unknown).await.unwrap();
+    assert_eq!(
+        ledger
+            .begin_create(intent("r3", "alpha", Some("k"), 1_002))
+            .await
+            .unwrap(),
+        BeginOutcome::Conflict
+    );
+    // A failed create releases its key.
+    let b = intent("r4", "alpha", Some("k2"), 1_003);
+    ledger.begin_create(b.clone()).await.unwrap();
+    ledger.abandon_create(b, CreateFate::Failed).await.unwrap();
+    assert_eq!(
+        ledger
+            .begin_create(intent("r5", "alpha", Some("k2"), 1_004))
+            .await
+            .unwrap(),
+        BeginOutcome::Begun
+    );
+    // Past the 24 h window the key is new again.
+    let later = 1_002 + 24 * 3600 * 1000 + 1;
+    assert_eq!(
+        ledger
+            .begin_create(intent("r6", "alpha", Some("k"), later))
+            .await
+            .unwrap(),
+        BeginOutcome::Begun
+    );
+    assert_eq!(
+        ledger.unsettled_creates().unwrap().len(),
+        2,
+        "r5 and r6 are still open"
+    );
+}
