@@ -361,7 +361,7 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
         .collect();
     assert_eq!(left, ["cgt-3"]);
     assert!(ledger.owner_of("cgt-1").await.unwrap().is_none());
-    assert_eq!(ledger.len().unwrap(), 1);
+    assert_eq!(ledger.task_count().unwrap(), 1);
 }
 
 #[tokio::test]

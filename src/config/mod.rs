@@ -184,7 +184,7 @@ pub struct TenantConfig {
 impl Config {
     /// Parses and validates TOML text. `env` resolves `upstream.api_key_env`.
     pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(ConfigError::parse)?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::parse(e, text))?;
         validate::validate(raw, env)
     }
 
@@ -210,7 +210,8 @@ impl StoreView {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::single("(file)", format!("cannot read {}: {e}", path.display()))
         })?;
-        let raw: raw::RawConfig = toml::from_str(&text).map_err(ConfigError::parse)?;
+        let raw: raw::RawConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::parse(e, &text))?;
         Ok(Self {
             store_path: PathBuf::from(
                 raw.store

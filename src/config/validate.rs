@@ -58,16 +58,42 @@ impl ConfigError {
         }
     }
 
-    pub(super) fn parse(err: toml::de::Error) -> Self {
-        // toml's message names the line, the column and (for unknown keys) the
-        // key itself; keep it whole, on one line per problem.
-        Self::single("(syntax)", err.to_string().trim().replace('\n', " | "))
+    /// A syntax or shape error. toml's own `Display` quotes the offending
+    /// source line, which may hold a secret pasted where it does not belong,
+    /// so only the position and the message are kept, with quoted string
+    /// values removed from it.
+    pub(super) fn parse(err: toml::de::Error, text: &str) -> Self {
+        let position = err.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        let message = redact_string_values(err.message().trim());
+        Self::single(
+            "(syntax)",
+            format!("{}{message}", position.unwrap_or_default()),
+        )
     }
 
     /// True when some problem concerns `key` (used by tests).
     pub fn mentions(&self, key: &str) -> bool {
         self.problems.iter().any(|p| p.key == key)
     }
+}
+
+/// serde reports a wrongly typed value as `invalid type: string "…"`: drop the value.
+fn redact_string_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let after = &rest[at + "string \"".len()..];
+        rest = after.find('"').map_or("", |end| &after[end + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -561,4 +587,38 @@ fn validate_rate_limit(
         Some(b) => positive(p, "burst", b)?,
     };
     Some(RateLimitConfig { per, rate, burst })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_give_the_position_but_never_the_value() {
+        let text = "[upstream]\nbase_url = \"https://x\"\napi_key = \"sk-secret-1\"\n";
+        let err = crate::config::Config::from_toml_str(text, &|_| None).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("line 3, column 1") && shown.contains("api_key"),
+            "{shown}"
+        );
+        assert!(!shown.contains("sk-secret-1"), "{shown}");
+        let text = "[upstream]\nbase_url = \"https://x\"\nmax_concurrent = \"sk-secret-2\"\n";
+        let shown = crate::config::Config::from_toml_str(text, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("max_concurrent") || shown.contains("line 3"),
+            "{shown}"
+        );
+        assert!(!shown.contains("sk-secret-2"), "{shown}");
+    }
+
+    #[test]
+    fn redaction_removes_every_quoted_value() {
+        assert_eq!(
+            redact_string_values(r#"invalid type: string "abc", expected i64; string "d""#),
+            "invalid type: a string, expected i64; a string"
+        );
+    }
 }

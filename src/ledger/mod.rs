@@ -146,7 +146,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// intents older than `keys_before_ms`.
     fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport>;
     /// Number of ownership records.
-    fn len(&self) -> Result<u64, LedgerError>;
+    fn task_count(&self) -> Result<u64, LedgerError>;
 }
 
 /// Unix milliseconds now.

@@ -656,7 +656,7 @@ impl Ledger for RedbLedger {
         })
     }
 
-    fn len(&self) -> Result<u64, LedgerError> {
+    fn task_count(&self) -> Result<u64, LedgerError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let tasks = txn.open_table(TASKS).map_err(unavailable)?;
         tasks.len().map_err(unavailable)

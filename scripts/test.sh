@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command (README "Test"): installs what the tests need, then runs
+# formatting and lint checks, the Rust unit and integration tests, and the
+# end-to-end tests with the official Python Ark SDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit and integration tests)"
+cargo test --all-targets
+
+step "Python SDK end-to-end tests (volcengine-ark-runtime in .venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+cargo build --quiet --bin ark-gateway
+ARK_GATEWAY_BIN="$PWD/target/debug/ark-gateway" .venv/bin/python -m pytest -q tests/sdk

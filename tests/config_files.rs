@@ -1,0 +1,48 @@
+//! Every example config in `config/` parses and validates.
+
+use ark_gateway::config::{AuditSinkConfig, Config, RatePeriod};
+
+#[test]
+fn the_real_ark_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("ark-api-key");
+    std::fs::write(&key_file, "sk-from-a-mounted-secret\n").unwrap();
+    let text = std::fs::read_to_string("config/ark-gateway.toml")
+        .unwrap()
+        .replace("/run/secrets/ark-api-key", key_file.to_str().unwrap());
+    let config = Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.upstream.base_url,
+        "https://ark.cn-beijing.volces.com/api/v3"
+    );
+    assert!(!config.upstream.allow_insecure_http);
+    assert_eq!(config.tenants.len(), 2);
+    assert_eq!(
+        config.audit.sink,
+        AuditSinkConfig::File("logs/audit.jsonl".into())
+    );
+    assert_eq!(config.tenants[1].rate_limit.per, RatePeriod::Minute);
+    assert!(format!("{config:?}").contains("[redacted]"));
+    assert!(!format!("{config:?}").contains("sk-from-a-mounted-secret"));
+}
+
+#[test]
+fn the_demo_config_is_valid() {
+    let text = std::fs::read_to_string("config/demo.toml").unwrap();
+    let env = |name: &str| (name == "ARK_GATEWAY_DEMO_KEY").then(|| "demo-key".to_string());
+    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.tenants.len(), 2);
+    assert_eq!(
+        text,
+        ark_gateway::demo::DEMO_CONFIG,
+        "the demo embeds this very file"
+    );
+}
+
+#[test]
+fn a_missing_key_file_is_reported_with_its_key() {
+    let text = "[upstream]\nbase_url = \"https://ark.example/api/v3\"\napi_key_file = \"/nonexistent/key\"\n";
+    let err = Config::from_toml_str(text, &|_| None).unwrap_err();
+    assert!(err.mentions("upstream.api_key_file"), "{err}");
+    assert!(err.mentions("tenant"), "{err}");
+}

@@ -1,0 +1,273 @@
+//! Upstream failures become defined, Ark-shaped 5xx answers (or Ark's own
+//! answer, passed through), each audited, and the gateway recovers as soon as
+//! the upstream does.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Read the request, then never answer.
+    Hang,
+    /// Answer with bytes that are not HTTP.
+    Garbage,
+    /// Send half a response head, then close.
+    ResetMidResponse,
+    /// Send a head promising 100 bytes, then stall after 10.
+    StallBody,
+    /// A well-formed answer with this status and body.
+    Answer(u16, &'static str, &'static str),
+}
+
+/// A raw upstream whose behaviour a test switches; it reports each request it reads.
+struct ScriptedUpstream {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    seen: mpsc::UnboundedReceiver<String>,
+}
+
+impl ScriptedUpstream {
+    async fn start(mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(Mutex::new(mode));
+        let (tx, seen) = mpsc::unbounded_channel();
+        let shared = mode.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mode = shared.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut read = 0;
+                    // Read until the end of the head (the gateway's bodies here are small and sent with it).
+                    loop {
+                        let Ok(n) = stream.read(&mut buf[read..]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        read += n;
+                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf[..read])
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(head);
+                    let current = *mode.lock().unwrap();
+                    match current {
+                        Mode::Hang => std::future::pending::<()>().await,
+                        Mode::Garbage => {
+                            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.0\r\n\r\n").await;
+                        }
+                        Mode::ResetMidResponse => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applic")
+                                .await;
+                        }
+                        Mode::StallBody => {
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":\"cg",
+                                )
+                                .await;
+                            std::future::pending::<()>().await;
+                        }
+                        Mode::Answer(status, extra_headers, body) => {
+                            let response = format!(
+                                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nx-request-id: ark-req-1\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = stream.write_all(response.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, mode, seen }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/api/v3", self.addr)
+    }
+}
+
+const OK_TASK: &str = r#"{"id":"cgt-static-alpha-1","status":"queued"}"#;
+
+async fn env_for(base_url: String, upstream_extra: &str) -> TestEnv {
+    TestEnv::start_with(Options {
+        base_url: Some(base_url),
+        upstream_extra: upstream_extra.to_string(),
+        ..Options::default()
+    })
+    .await
+}
+
+const GRANTED: &str = "/api/v3/contents/generations/tasks/cgt-static-alpha-1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_is_502_and_recovers() {
+    // A port that was bound and released: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut env = env_for(format!("http://{closed}/api/v3"), "").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.error_code(), "UpstreamUnavailable");
+    assert!(
+        reply.header("x-should-retry").is_none(),
+        "nothing was sent, so a retry is safe"
+    );
+    let create = env
+        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
+        .await;
+    assert_eq!(create.status, 502);
+    assert!(
+        create.header("x-should-retry").is_none(),
+        "a create that never connected may be retried"
+    );
+    let audit = env.finish().await;
+    assert!(audit
+        .iter()
+        .all(|r| r.reason == "upstream_connect_failed" && r.status == 502));
+    assert_eq!(audit.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_504_and_unknown_fate_creates_must_not_be_retried() {
+    let mut upstream = ScriptedUpstream::start(Mode::Hang).await;
+    let mut env = env_for(upstream.base_url(), "timeout = \"1s\"").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.error_code(), "UpstreamTimeout");
+    assert!(reply.header("x-should-retry").is_none());
+    let create = env
+        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
+        .await;
+    assert_eq!(create.status, 504);
+    assert_eq!(
+        create.header("x-should-retry"),
+        Some("false"),
+        "the create may have reached Ark"
+    );
+    assert!(upstream.seen.recv().await.is_some());
+
+    // A body that stalls mid-way is a time-out too.
+    upstream.set(Mode::StallBody);
+    assert_eq!(
+        env.call("GET", GRANTED, Some(ALPHA), None).await.status,
+        504
+    );
+
+    // Healthy again: the next request succeeds.
+    upstream.set(Mode::Answer(200, "", OK_TASK));
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-request-id"), Some("ark-req-1"));
+    let audit = env.finish().await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.reason == "upstream_timeout")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_responses_are_502() {
+    let upstream = ScriptedUpstream::start(Mode::Garbage).await;
+    let env = env_for(upstream.base_url(), "timeout = \"5s\"").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.error_code(), "UpstreamUnavailable");
+    upstream.set(Mode::ResetMidResponse);
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let create = env
+        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
+        .await;
+    assert_eq!(create.status, 502);
+    assert_eq!(create.header("x-should-retry"), Some("false"));
+    // A 200 create without an id cannot be owned: 502, not a silent success.
+    upstream.set(Mode::Answer(200, "", "{}"));
+    let reply = env
+        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
+        .await;
+    assert_eq!(reply.status, 502);
+    upstream.set(Mode::Answer(200, "", OK_TASK));
+    assert_eq!(
+        env.call("GET", GRANTED, Some(ALPHA), None).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arks_own_errors_pass_through_unchanged() {
+    let ark_429 = r#"{"error":{"code":"RateLimitExceeded.EndpointRPMExceeded","message":"slow down","param":"","type":"TooManyRequests"}}"#;
+    let upstream = ScriptedUpstream::start(Mode::Answer(429, "Retry-After: 7\r\n", ark_429)).await;
+    let env = env_for(upstream.base_url(), "").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.text(), ark_429);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(reply.header("x-request-id"), Some("ark-req-1"));
+    let ark_503 = r#"{"error":{"code":"ServerOverloaded","message":"busy","param":"","type":""}}"#;
+    upstream.set(Mode::Answer(503, "", ark_503));
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), ark_503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_in_flight_limit_refuses_instead_of_queueing() {
+    let mut upstream = ScriptedUpstream::start(Mode::Hang).await;
+    let env = env_for(upstream.base_url(), "max_concurrent = 1\ntimeout = \"30s\"").await;
+    let addr = env.addr;
+    let first = tokio::spawn(async move {
+        request(
+            addr,
+            "GET",
+            GRANTED,
+            &[("Authorization", "Bearer token-alpha")],
+            b"",
+        )
+        .await
+    });
+    // Wait until the first request is really at the upstream, holding the one slot.
+    upstream.seen.recv().await.unwrap();
+    let second = env.call("GET", GRANTED, Some(BETA), None).await;
+    // beta is not granted that id; use its own list instead, which needs upstream.
+    assert_eq!(second.status, 403);
+    let second = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.error_code(), "RateLimitExceeded");
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(
+        upstream.seen.try_recv().is_err(),
+        "the refused request reached the upstream"
+    );
+    first.abort();
+}
