@@ -22,4 +22,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 cargo build --quiet --bin ark-gateway
-ARK_GATEWAY_BIN="$PWD/target/debug/ark-gateway" .venv/bin/python -m pytest -q tests/sdk
+ARK_GATEWAY_BIN="$PWD/target/debug/ark-gateway" .venv/bin/python -m pytest -q tests/sdk tests/deploy

@@ -53,8 +53,11 @@ pub async fn start(listen: SocketAddr) -> Result<(MockUpstream, RunningGateway),
     let gateway = start_with(GatewayParts {
         config,
         listener,
+        admin_listener: None,
         audit,
         ledger,
+        config_path: None,
+        env: Arc::new(crate::config::process_env),
     })?;
     Ok((mock, gateway))
 }

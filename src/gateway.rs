@@ -1,27 +1,38 @@
-//! Wiring: config → shared state → stack → listener, and an orderly stop that
-//! drains connections and flushes the audit sink.
+//! Wiring: config → shared state → stack → listeners, hot reload, and an
+//! orderly stop that reports not-ready, drains connections and flushes the
+//! audit sink.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminState, Health};
 use crate::audit::{AuditSink, AuditWriter};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::forward::{build_client, Forward};
 use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, IDEMPOTENCY_WINDOW};
-use crate::policy::PolicyLimits;
+use crate::metrics::Metrics;
+use crate::runtime::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
 use crate::stack::{self, StackParts};
-use crate::tenant::TenantDirectory;
+
+/// How often the config file (and key file) are checked for changes.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// A gateway serving in the background.
 pub struct RunningGateway {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    reloader: Option<Arc<Reloader>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -33,23 +44,29 @@ pub enum StartError {
     Audit(io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
-    #[error("cannot set up TLS toward the upstream: {0}")]
+    #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot open the task ledger: {0}")]
     Ledger(#[from] LedgerError),
 }
 
 /// Everything a gateway is started from. Tests build it by hand to inject a
-/// ledger with faults or an in-memory audit writer.
+/// ledger with faults, or to skip the admin listener.
 pub struct GatewayParts {
     pub config: Config,
     pub listener: TcpListener,
+    pub admin_listener: Option<TcpListener>,
     pub audit: (AuditSink, AuditWriter),
     pub ledger: Arc<dyn Ledger>,
+    /// Where reloads read the config from (none: no reload, no file watch).
+    pub config_path: Option<PathBuf>,
+    /// How reloads resolve `upstream.api_key_env`.
+    pub env: SharedEnv,
 }
 
-/// Opens the ledger and the audit sink, binds `server.listen`, and serves in the background.
-pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+/// Opens the ledger and the audit sink, binds both listeners, and serves in
+/// the background. `config_path` enables SIGHUP-style and on-change reloads.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<RunningGateway, StartError> {
     let ledger = RedbLedger::open(&config.store.path)?;
     match ledger.unsettled_creates() {
         Ok(unsettled) if !unsettled.is_empty() => tracing::warn!(
@@ -58,18 +75,22 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         ),
         _ => {}
     }
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })
+    };
+    let listener = bind(config.server.listen).await?;
+    let admin_listener = bind(config.admin.listen).await?;
     let audit = AuditSink::start(&config.audit.sink).map_err(StartError::Audit)?;
     start_with(GatewayParts {
         config,
         listener,
+        admin_listener: Some(admin_listener),
         audit,
         ledger: Arc::new(ledger),
+        config_path,
+        env: Arc::new(crate::config::process_env),
     })
 }
 
@@ -78,43 +99,114 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     let GatewayParts {
         config,
         listener,
+        admin_listener,
         audit: (audit, writer),
         ledger,
+        config_path,
+        env,
     } = parts;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.server.listen,
-        source,
-    })?;
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })
+    };
+    let addr = local(&listener)?;
+    let admin_addr = admin_listener.as_ref().map(local).transpose()?;
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::server::tls_acceptor)
+        .transpose()?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
     let client = build_client(&config.upstream)?;
     let service = stack::build(StackParts {
-        tenants: Arc::new(TenantDirectory::from_config(&config.tenants)),
+        shared: shared.clone(),
         audit,
-        limits: PolicyLimits {
-            max_body_bytes: config.server.max_body_bytes,
-            request_timeout: config.server.request_timeout,
-        },
+        metrics: metrics.clone(),
         ledger: ledger.clone(),
-        api_key: config.upstream.api_key.clone(),
-        forward: Forward::new(client, &config.upstream),
+        forward: Forward::new(client, &config.upstream, metrics.clone(), health.clone()),
     });
-    let sweeper = tokio::spawn(sweep_forever(ledger, config.store.retention));
+
+    let mut background = Vec::new();
+    background.push(tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)));
+    background.push(tokio::spawn(admin::probe_upstream(
+        health.clone(),
+        config.upstream.base_url.clone(),
+        config.upstream.connect_timeout,
+    )));
+    let reloader = config_path.map(|path| {
+        Arc::new(Reloader::new(
+            path,
+            env,
+            shared.clone(),
+            config.clone(),
+            metrics.clone(),
+        ))
+    });
+    if let Some(reloader) = &reloader {
+        background.push(tokio::spawn(reloader.clone().watch(WATCH_EVERY)));
+    }
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let admin_task = admin_listener.map(|listener| {
+        let state = AdminState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            ledger: ledger.clone(),
+        };
+        let admin_config = crate::config::ServerConfig {
+            tls: None,
+            shutdown_grace: Duration::from_secs(1),
+            ..config.server.clone()
+        };
+        tokio::spawn(async move {
+            crate::server::serve(listener, None, admin::service(state), &admin_config, async {
+                let _ = admin_stopped.await;
+            })
+            .await;
+        })
+    });
+    drop(ledger);
+
     let (stop, stopped) = oneshot::channel::<()>();
     let server_config = config.server.clone();
+    let draining = health.clone();
     let task = tokio::spawn(async move {
-        tracing::info!(addr = %addr, "tenant listener ready");
-        crate::server::serve(listener, service, &server_config, async {
+        tracing::info!(addr = %addr, tls = tls.is_some(), "tenant listener ready");
+        if let Some(admin) = admin_addr {
+            tracing::info!(addr = %admin, "admin listener ready");
+        }
+        crate::server::serve(listener, tls, service, &server_config, async {
             let _ = stopped.await;
+            // Not ready from the moment the drain starts, so that load
+            // balancers stop sending while in-flight requests finish.
+            draining.start_draining();
         })
         .await;
-        sweeper.abort();
-        let _ = sweeper.await;
+        for task in &background {
+            task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
         // Every clone of the stack, and so every audit sender, is gone now:
         // the writer drains what is queued and flushes.
         let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin_task {
+            let _ = admin.await;
+        }
         tracing::info!("audit sink flushed; gateway stopped");
     });
     Ok(RunningGateway {
         addr,
+        admin_addr,
+        health,
+        metrics,
+        reloader,
         stop: Some(stop),
         task,
     })
@@ -143,7 +235,32 @@ impl RunningGateway {
         self.addr
     }
 
-    /// Stops accepting, drains, flushes the audit sink, then returns.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Re-reads the config file now (what SIGHUP does).
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        match &self.reloader {
+            Some(reloader) => reloader.reload(),
+            None => Err(ConfigError {
+                problems: vec![crate::config::ConfigProblem {
+                    key: "(reload)".into(),
+                    message: "this gateway was started without a config file".into(),
+                }],
+            }),
+        }
+    }
+
+    /// Stops accepting, reports not-ready, drains, flushes the audit sink, then returns.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -2,6 +2,7 @@
 //! content-generation task API. See README.md for the layer order and why.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -11,12 +12,14 @@ pub mod gateway;
 pub mod hop;
 pub mod inject;
 pub mod ledger;
+pub mod metrics;
 pub mod mock_upstream;
 pub mod policy;
 pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;
 pub mod route;
+pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod stack;

@@ -50,6 +50,9 @@ enum Command {
         /// How long it then runs before it succeeds.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         running_for: Duration,
+        /// Delay before every answer (a slow upstream).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        delay: Duration,
     },
     /// Inspect or change the task ownership ledger (`store.path` of the config).
     Tasks {
@@ -134,11 +137,7 @@ fn tasks_command(config: &std::path::Path, action: TasksAction) -> ExitCode {
                 let records = ledger.all_tasks(tenant.as_deref()).await?;
                 let mut out = std::io::stdout().lock();
                 for r in &records {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(r).expect("records serialize")
-                    );
+                    let _ = writeln!(out, "{}", serde_json::to_string(r).expect("records serialize"));
                 }
                 Ok(format!("{} task(s)", records.len()))
             }
@@ -213,18 +212,15 @@ fn main() -> ExitCode {
                 eprintln!("the token on stdin is empty");
                 return ExitCode::FAILURE;
             }
-            println!(
-                "{}",
-                hex::encode(ark_gateway::tenant::token_sha256(token.as_bytes()))
-            );
+            println!("{}", hex::encode(ark_gateway::tenant::token_sha256(token.as_bytes())));
             ExitCode::SUCCESS
         }
-        Command::Run { config } => {
+        Command::Run { config: path } => {
             init_logging();
-            let config = match Config::load(&config) {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{}: the gateway will not start:", config.display());
+                    eprintln!("{}: the gateway will not start:", path.display());
                     for problem in &e.problems {
                         eprintln!("  {problem}");
                     }
@@ -232,16 +228,28 @@ fn main() -> ExitCode {
                 }
             };
             runtime().block_on(async {
-                match gateway::start(config).await {
-                    Ok(running) => {
-                        running.run_until(stop_signal()).await;
-                        ExitCode::SUCCESS
-                    }
+                let running = match gateway::start(config, Some(path)).await {
+                    Ok(running) => running,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start");
-                        ExitCode::FAILURE
+                        return ExitCode::FAILURE;
+                    }
+                };
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+                let stop = stop_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = hangup.recv() => {
+                            tracing::info!("SIGHUP: reloading the config");
+                            let _ = running.reload();
+                        }
+                        () = &mut stop => break,
                     }
                 }
+                running.shutdown().await;
+                ExitCode::SUCCESS
             })
         }
         Command::MockUpstream {
@@ -249,6 +257,7 @@ fn main() -> ExitCode {
             api_key,
             queued_for,
             running_for,
+            delay,
         } => {
             init_logging();
             runtime().block_on(async {
@@ -263,9 +272,9 @@ fn main() -> ExitCode {
                     api_key,
                     queued_for,
                     running_for,
+                    delay,
                 };
-                let mock = MockUpstream::start(listener, options)
-                    .expect("a bound listener has an address");
+                let mock = MockUpstream::start(listener, options).expect("a bound listener has an address");
                 println!("mock-upstream listening on {}", mock.base_url());
                 let _ = std::io::stdout().flush();
                 stop_signal().await;

@@ -38,6 +38,8 @@ pub struct MockOptions {
     pub queued_for: Duration,
     /// Time it then runs before it succeeds.
     pub running_for: Duration,
+    /// Added before every answer on the Ark paths (a slow upstream).
+    pub delay: Duration,
 }
 
 impl MockOptions {
@@ -46,6 +48,7 @@ impl MockOptions {
             api_key: api_key.into(),
             queued_for: Duration::from_secs(2),
             running_for: Duration::from_secs(3),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -82,6 +85,8 @@ struct State {
     options: MockOptions,
     tasks: Mutex<HashMap<String, MockTask>>,
     received: Mutex<Vec<ReceivedRequest>>,
+    /// How many requests were received; lets tests wait without sleeping.
+    received_count: tokio::sync::watch::Sender<usize>,
     counter: AtomicU64,
     seed: u64,
 }
@@ -133,8 +138,7 @@ impl MockTask {
             "execution_expires_after": 172800,
         });
         if status == TaskStatus::Succeeded {
-            task["content"] =
-                json!({"video_url": format!("https://ark-mock.invalid/{}.mp4", self.id)});
+            task["content"] = json!({"video_url": format!("https://ark-mock.invalid/{}.mp4", self.id)});
             task["usage"] = json!({"completion_tokens": 108900, "total_tokens": 108900});
         }
         task
@@ -148,11 +152,7 @@ impl State {
 
     /// Ark's request ids look like `0217…`; ours only need to be unique.
     fn request_id(&self) -> String {
-        format!(
-            "0217{:012x}{:08x}",
-            self.seed & 0xffff_ffff_ffff,
-            self.next()
-        )
+        format!("0217{:012x}{:08x}", self.seed & 0xffff_ffff_ffff, self.next())
     }
 
     /// `cgt-YYYYMMDDhhmmss-xxxxx`, as Ark's ids look.
@@ -176,13 +176,7 @@ impl State {
     }
 }
 
-fn error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    param: &str,
-    request_id: &str,
-) -> (StatusCode, Value) {
+fn error(status: StatusCode, code: &str, message: &str, param: &str, request_id: &str) -> (StatusCode, Value) {
     let kind = match status {
         StatusCode::BAD_REQUEST => "BadRequest",
         StatusCode::UNAUTHORIZED => "Unauthorized",
@@ -200,11 +194,7 @@ where
     B: Body<Data = Bytes>,
 {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -212,11 +202,7 @@ where
         .unwrap_or_default();
 
     if parts.method == Method::GET && parts.uri.path() == "/_mock/requests" {
-        let received = state
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let received = state.received.lock().unwrap_or_else(PoisonError::into_inner).clone();
         return respond(StatusCode::OK, json!(received), None);
     }
     state
@@ -229,23 +215,18 @@ where
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect(),
             body: String::from_utf8_lossy(&body).into_owned(),
         });
+    state.received_count.send_modify(|n| *n += 1);
+    if !state.options.delay.is_zero() {
+        tokio::time::sleep(state.options.delay).await;
+    }
 
     let request_id = state.request_id();
     let expected = format!("Bearer {}", state.options.api_key);
-    let (status, value) = if parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        != Some(expected.as_bytes())
+    let (status, value) = if parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) != Some(expected.as_bytes())
     {
         error(
             StatusCode::UNAUTHORIZED,
@@ -270,10 +251,9 @@ where
 fn respond(status: StatusCode, value: Value, request_id: Option<&str>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         response.headers_mut().insert("x-request-id", id);
     }
@@ -360,10 +340,7 @@ fn create(state: &State, body: &[u8], rid: &str) -> (StatusCode, Value) {
             rid,
         );
     }
-    let service_tier = fields
-        .get("service_tier")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let service_tier = fields.get("service_tier").and_then(Value::as_str).unwrap_or("default");
     let mut tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
     let id = loop {
         let id = state.task_id();
@@ -397,10 +374,7 @@ fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
     };
     let opts = &state.options;
     let tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-    let wanted: Option<Vec<&str>> = q
-        .task_ids
-        .as_ref()
-        .map(|ids| ids.iter().map(TaskId::as_str).collect());
+    let wanted: Option<Vec<&str>> = q.task_ids.as_ref().map(|ids| ids.iter().map(TaskId::as_str).collect());
     let mut items: Vec<Value> = tasks
         .values()
         .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.id.as_str())))
@@ -412,11 +386,7 @@ fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
     crate::policy::sort_newest_first(&mut items);
     let total = items.len();
     let start = (q.page_num() as usize - 1) * q.page_size() as usize;
-    let page: Vec<Value> = items
-        .into_iter()
-        .skip(start)
-        .take(q.page_size() as usize)
-        .collect();
+    let page: Vec<Value> = items.into_iter().skip(start).take(q.page_size() as usize).collect();
     (StatusCode::OK, json!({"total": total, "items": page}))
 }
 
@@ -430,6 +400,7 @@ impl MockUpstream {
             options,
             tasks: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
+            received_count: tokio::sync::watch::channel(0).0,
             counter: AtomicU64::new(1),
             seed: u64::from_le_bytes(seed) | 1,
         });
@@ -445,9 +416,10 @@ impl MockUpstream {
             request_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            tls: None,
         };
         let task = tokio::spawn(async move {
-            crate::server::serve(listener, service, &config, async {
+            crate::server::serve(listener, None, service, &config, async {
                 let _ = stopped.await;
             })
             .await;
@@ -478,13 +450,15 @@ impl MockUpstream {
             .clone()
     }
 
+    /// Waits until at least `n` requests were received in all.
+    pub async fn wait_for_requests(&self, n: usize) {
+        let mut count = self.state.received_count.subscribe();
+        let _ = count.wait_for(|received| *received >= n).await;
+    }
+
     /// Number of tasks the mock holds.
     pub fn task_count(&self) -> usize {
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.state.tasks.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     pub async fn shutdown(mut self) {

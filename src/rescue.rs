@@ -27,6 +27,8 @@ pub enum GatewayError {
     RepeatedCredential,
     #[error("The API key is not valid for this gateway.")]
     UnknownCredential,
+    #[error("The client certificate and the API key identify different tenants.")]
+    ConflictingCredentials,
     #[error("This tenant may not perform the {0} operation.")]
     OperationNotAllowed(Operation),
     #[error("This tenant may not create tasks with the requested model.")]
@@ -35,7 +37,9 @@ pub enum GatewayError {
     TaskNotGranted,
     #[error("The Idempotency-Key header must be 1-255 visible ASCII characters.")]
     InvalidIdempotencyKey,
-    #[error("A create with this Idempotency-Key is in flight or has an unknown outcome; list your tasks, or use a new key.")]
+    #[error(
+        "A create with this Idempotency-Key is in flight or has an unknown outcome; list your tasks, or use a new key."
+    )]
     IdempotencyConflict,
     #[error("The requested resource does not exist on this gateway.")]
     NoRoute,
@@ -62,10 +66,7 @@ pub enum GatewayError {
     #[error("Too many requests are in flight to the upstream service; retry shortly.")]
     UpstreamBusy,
     #[error("The upstream service could not be reached ({kind}).")]
-    UpstreamUnavailable {
-        kind: UpstreamFailure,
-        fate_unknown: bool,
-    },
+    UpstreamUnavailable { kind: UpstreamFailure, fate_unknown: bool },
     #[error("The upstream service did not answer in time.")]
     UpstreamTimeout { fate_unknown: bool },
     #[error("The task ledger is unavailable; the request was not forwarded.")]
@@ -110,9 +111,11 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            MissingCredential | MalformedCredential | RepeatedCredential | UnknownCredential => {
-                StatusCode::UNAUTHORIZED
-            }
+            MissingCredential
+            | MalformedCredential
+            | RepeatedCredential
+            | UnknownCredential
+            | ConflictingCredentials => StatusCode::UNAUTHORIZED,
             OperationNotAllowed(_) | ModelNotAllowed | TaskNotGranted => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -129,9 +132,7 @@ impl GatewayError {
             TenantRateLimited { .. } | UpstreamBusy => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -139,9 +140,11 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            MissingCredential | MalformedCredential | RepeatedCredential | UnknownCredential => {
-                "AuthenticationError"
-            }
+            MissingCredential
+            | MalformedCredential
+            | RepeatedCredential
+            | UnknownCredential
+            | ConflictingCredentials => "AuthenticationError",
             OperationNotAllowed(_) | ModelNotAllowed | TaskNotGranted => "AccessDenied",
             NoRoute => "NotFound",
             MethodNotAllowed { .. } => "MethodNotAllowed",
@@ -200,6 +203,7 @@ impl GatewayError {
             MalformedCredential => "credential_malformed",
             RepeatedCredential => "credential_repeated",
             UnknownCredential => "credential_unknown",
+            ConflictingCredentials => "credential_conflict",
             OperationNotAllowed(_) => "operation_not_allowed",
             ModelNotAllowed => "model_not_allowed",
             TaskNotGranted => "task_not_granted",
@@ -253,16 +257,10 @@ impl GatewayError {
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             GatewayError::TenantRateLimited { retry_after } => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs(*retry_after)),
-                );
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
             }
             GatewayError::UpstreamBusy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -272,9 +270,7 @@ impl GatewayError {
             }
             // A create that may have reached Ark must not be retried by the SDK:
             // a second attempt would create (and bill) a second task.
-            GatewayError::UpstreamUnavailable {
-                fate_unknown: true, ..
-            }
+            GatewayError::UpstreamUnavailable { fate_unknown: true, .. }
             | GatewayError::UpstreamTimeout { fate_unknown: true }
             | GatewayError::OwnershipNotRecorded
             | GatewayError::IdempotencyConflict => {
@@ -294,10 +290,7 @@ impl<S> tower::Layer<S> for RescueLayer {
     type Service = Rescue<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue {
-            inner,
-            not_ready: None,
-        }
+        Rescue { inner, not_ready: None }
     }
 }
 
@@ -322,10 +315,7 @@ where
         >,
     >;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx).map(|ready| {
             if let Err(e) = ready {
                 self.not_ready = Some(std::sync::Arc::new(e));
@@ -344,9 +334,7 @@ where
 }
 
 /// The one conversion from a rejection to HTTP.
-pub fn rescue(
-    result: Result<GatewayResponse, GatewayError>,
-) -> Result<GatewayResponse, Infallible> {
+pub fn rescue(result: Result<GatewayResponse, GatewayError>) -> Result<GatewayResponse, Infallible> {
     Ok(result.unwrap_or_else(|e| e.to_response()))
 }
 
@@ -368,10 +356,7 @@ mod tests {
         assert_eq!(json["error"]["code"], "AccessDenied");
         assert_eq!(json["error"]["type"], "Forbidden");
         assert_eq!(json["error"]["param"], "id");
-        assert!(json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not accessible"));
+        assert!(json["error"]["message"].as_str().unwrap().contains("not accessible"));
     }
 
     #[test]
@@ -385,11 +370,7 @@ mod tests {
         for (wait, expected) in cases {
             let response = GatewayError::TenantRateLimited { retry_after: wait }.to_response();
             assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(
-                response.headers()[header::RETRY_AFTER],
-                expected,
-                "{wait:?}"
-            );
+            assert_eq!(response.headers()[header::RETRY_AFTER], expected, "{wait:?}");
         }
     }
 
@@ -418,9 +399,7 @@ mod tests {
                 kind: UpstreamFailure::ResponseTooLarge,
                 fate_unknown: false,
             },
-            GatewayError::UpstreamTimeout {
-                fate_unknown: false,
-            },
+            GatewayError::UpstreamTimeout { fate_unknown: false },
         ] {
             assert!(e.status().is_server_error(), "{e:?}");
             assert!(!e.is_denial());

@@ -81,9 +81,7 @@ impl fmt::Display for TaskId {
 pub fn is_task_id(raw: &str) -> bool {
     !raw.is_empty()
         && raw.len() <= MAX_TASK_ID_LEN
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The result of routing: which operation, and on which task for get/delete.
@@ -114,10 +112,7 @@ pub fn route(method: &Method, uri: &Uri) -> Result<Route, GatewayError> {
             _ => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
         };
     }
-    let Some(rest) = path
-        .strip_prefix(TASKS_PATH)
-        .and_then(|rest| rest.strip_prefix('/'))
-    else {
+    let Some(rest) = path.strip_prefix(TASKS_PATH).and_then(|rest| rest.strip_prefix('/')) else {
         return Err(GatewayError::NoRoute);
     };
     // Exactly one segment of the id alphabet: this refuses empty segments,
@@ -127,11 +122,7 @@ pub fn route(method: &Method, uri: &Uri) -> Result<Route, GatewayError> {
     let operation = match *method {
         Method::GET => Operation::Get,
         Method::DELETE => Operation::Delete,
-        _ => {
-            return Err(GatewayError::MethodNotAllowed {
-                allow: "GET, DELETE",
-            })
-        }
+        _ => return Err(GatewayError::MethodNotAllowed { allow: "GET, DELETE" }),
     };
     Ok(Route {
         operation,
@@ -150,17 +141,10 @@ mod tests {
     #[test]
     fn the_four_routes() {
         let create = route_of(Method::POST, TASKS_PATH).unwrap();
-        assert_eq!(
-            (create.operation, create.task_id),
-            (Operation::Create, None)
-        );
+        assert_eq!((create.operation, create.task_id), (Operation::Create, None));
         let list = route_of(Method::GET, &format!("{TASKS_PATH}?page_num=2")).unwrap();
         assert_eq!(list.operation, Operation::List);
-        let get = route_of(
-            Method::GET,
-            &format!("{TASKS_PATH}/cgt-20250331175019-68d9t"),
-        )
-        .unwrap();
+        let get = route_of(Method::GET, &format!("{TASKS_PATH}/cgt-20250331175019-68d9t")).unwrap();
         assert_eq!(get.operation, Operation::Get);
         assert_eq!(get.task_id.unwrap().as_str(), "cgt-20250331175019-68d9t");
         let delete = route_of(Method::DELETE, &format!("{TASKS_PATH}/abc_DEF-1")).unwrap();
@@ -222,10 +206,7 @@ mod tests {
         ] {
             let target = format!("{TASKS_PATH}/{id}");
             assert!(
-                matches!(
-                    route_of(Method::GET, &target),
-                    Err(GatewayError::InvalidTaskId)
-                ),
+                matches!(route_of(Method::GET, &target), Err(GatewayError::InvalidTaskId)),
                 "{target}"
             );
         }
@@ -235,11 +216,7 @@ mod tests {
 
     #[test]
     fn absolute_form_is_refused() {
-        let err = route_of(
-            Method::GET,
-            &format!("http://other.example{TASKS_PATH}/cgt-1"),
-        )
-        .unwrap_err();
+        let err = route_of(Method::GET, &format!("http://other.example{TASKS_PATH}/cgt-1")).unwrap_err();
         assert!(matches!(err, GatewayError::AbsoluteFormTarget));
     }
 }

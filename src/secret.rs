@@ -29,8 +29,8 @@ impl ArkApiKey {
         if key.is_empty() {
             return Err(ArkApiKeyError::Empty);
         }
-        let mut authorization = HeaderValue::try_from(format!("Bearer {key}"))
-            .map_err(|_| ArkApiKeyError::NotHeaderSafe)?;
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| ArkApiKeyError::NotHeaderSafe)?;
         // Marked sensitive so that hyper/h2 never index it in HPACK tables and
         // `HeaderValue`'s own Debug prints `Sensitive`.
         authorization.set_sensitive(true);
@@ -78,10 +78,7 @@ mod tests {
 
     #[test]
     fn empty_or_broken_keys_are_refused_without_echoing_them() {
-        assert_eq!(
-            ArkApiKey::from_secret_text(" \n").unwrap_err(),
-            ArkApiKeyError::Empty
-        );
+        assert_eq!(ArkApiKey::from_secret_text(" \n").unwrap_err(), ArkApiKeyError::Empty);
         let err = ArkApiKey::from_secret_text("sk-a\nsk-b").unwrap_err();
         assert_eq!(err, ArkApiKeyError::NotHeaderSafe);
         assert!(!err.to_string().contains("sk-"));

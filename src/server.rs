@@ -1,43 +1,74 @@
-//! Accepts tenant connections and serves the stack on each, HTTP/1.1 or
-//! HTTP/2 (prior knowledge), until asked to drain.
+//! Accepts connections and serves a service on each, HTTP/1.1 or HTTP/2
+//! (prior knowledge, or ALPN under TLS), until asked to drain.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
-use crate::config::ServerConfig;
-use crate::rescue::GatewayResponse;
+use crate::config::{ServerConfig, ServerTls};
 
 /// The peer address of the tenant's connection, as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
 
+/// The client certificate of an mTLS connection (already verified against
+/// `server.tls.client_ca` by rustls), as a request extension.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
+
 /// Largest request head accepted (request line + headers); hyper answers 431 beyond.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Builds the rustls acceptor for `server.tls`.
+pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(cas) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca.clone())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish for up to `shutdown_grace`. When this returns, every
-/// connection task (and so every clone of the stack) is gone.
+/// connection task (and so every clone of the service) is gone.
 pub async fn serve<S>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     service: S,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<Request<Incoming>, Response = GatewayResponse, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -51,6 +82,7 @@ pub async fn serve<S>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -71,17 +103,28 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(RemoteAddr(peer));
-            service.clone().oneshot(req)
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), per_request)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        // Taken before the handshake, so a drain that starts meanwhile still reaches it.
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = config.header_read_timeout;
         connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, watcher, stream, peer, None, service).await,
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, peer = %peer, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    };
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                    serve_connection(&builder, watcher, stream, peer, cert, service).await
+                }
             }
         });
     }
@@ -94,4 +137,29 @@ pub async fn serve<S>(
         }
     }
     connections.shutdown().await;
+}
+
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    peer: SocketAddr,
+    cert: Option<PeerCertificate>,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(RemoteAddr(peer));
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        service.clone().oneshot(req)
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), per_request);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+    }
 }

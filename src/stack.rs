@@ -13,20 +13,20 @@ use crate::auth::AuthLayer;
 use crate::forward::Forward;
 use crate::inject::InjectCredentialLayer;
 use crate::ledger::Ledger;
-use crate::policy::{PolicyLayer, PolicyLimits};
+use crate::metrics::Metrics;
+use crate::policy::PolicyLayer;
 use crate::rate_limit::RateLimitLayer;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::{GatewayResponse, RescueLayer};
-use crate::secret::ArkApiKey;
-use crate::tenant::TenantDirectory;
+use crate::runtime::SharedSnapshot;
 
 /// What the stack is built from.
 pub struct StackParts {
-    pub tenants: Arc<TenantDirectory>,
+    /// The reloadable configuration (tenants, key, limits).
+    pub shared: SharedSnapshot,
     pub audit: AuditSink,
-    pub limits: PolicyLimits,
+    pub metrics: Arc<Metrics>,
     pub ledger: Arc<dyn Ledger>,
-    pub api_key: ArkApiKey,
     pub forward: Forward,
 }
 
@@ -34,10 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn build<B>(
     parts: StackParts,
-) -> impl Service<Request<B>, Response = GatewayResponse, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static
+) -> impl Service<Request<B>, Response = GatewayResponse, Error = Infallible, Future: Send> + Clone + Send + 'static
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -49,19 +46,20 @@ where
         // 2. The one place where rejections become Ark-shaped HTTP. Outside
         //    audit, so audit sees the typed error and its reason, not just a status.
         .layer(RescueLayer)
-        // 3. Audit wraps everything that can decide, so denied, failed and
-        //    forwarded requests all produce exactly one record.
-        .layer(AuditLayer::new(parts.audit))
-        // 4. Authenticate before anything costs work; strips the tenant token.
-        .layer(AuthLayer::new(parts.tenants))
+        // 3. Audit (and request metrics) wrap everything that can decide, so
+        //    denied, failed and forwarded requests all produce exactly one record.
+        .layer(AuditLayer::new(parts.audit, parts.metrics))
+        // 4. Authenticate before anything costs work; takes the request's
+        //    configuration snapshot; strips the tenant token.
+        .layer(AuthLayer::new(parts.shared.clone()))
         // 5. Per-tenant rate limit: needs the tenant, and runs before any body
         //    is read, so a tenant over its limit is cheap to refuse.
         .layer(RateLimitLayer)
         // 6. Route + task-id policy: the only layer that reads bodies and
         //    decides which ids a request may touch.
-        .layer(PolicyLayer::new(parts.limits, parts.ledger))
+        .layer(PolicyLayer::new(parts.shared.clone(), parts.ledger))
         // 7. Only now, with the request fully allowed, attach the Ark key.
-        .layer(InjectCredentialLayer::new(parts.api_key))
+        .layer(InjectCredentialLayer::new(parts.shared))
         // 8. Forward to Ark, within the global in-flight limit.
         .service(parts.forward)
 }

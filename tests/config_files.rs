@@ -11,16 +11,10 @@ fn the_real_ark_config_is_valid() {
         .unwrap()
         .replace("/run/secrets/ark-api-key", key_file.to_str().unwrap());
     let config = Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        config.upstream.base_url,
-        "https://ark.cn-beijing.volces.com/api/v3"
-    );
+    assert_eq!(config.upstream.base_url, "https://ark.cn-beijing.volces.com/api/v3");
     assert!(!config.upstream.allow_insecure_http);
     assert_eq!(config.tenants.len(), 2);
-    assert_eq!(
-        config.audit.sink,
-        AuditSinkConfig::File("logs/audit.jsonl".into())
-    );
+    assert_eq!(config.audit.sink, AuditSinkConfig::File("logs/audit.jsonl".into()));
     assert_eq!(config.tenants[1].rate_limit.per, RatePeriod::Minute);
     assert!(format!("{config:?}").contains("[redacted]"));
     assert!(!format!("{config:?}").contains("sk-from-a-mounted-secret"));
@@ -32,11 +26,7 @@ fn the_demo_config_is_valid() {
     let env = |name: &str| (name == "ARK_GATEWAY_DEMO_KEY").then(|| "demo-key".to_string());
     let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.tenants.len(), 2);
-    assert_eq!(
-        text,
-        ark_gateway::demo::DEMO_CONFIG,
-        "the demo embeds this very file"
-    );
+    assert_eq!(text, ark_gateway::demo::DEMO_CONFIG, "the demo embeds this very file");
 }
 
 #[test]

@@ -32,28 +32,10 @@ async fn ownership_survives_a_restart() {
     let alphas = env.create(ALPHA).await;
     let betas = env.create(BETA).await;
     env.restart_gateway().await;
-    assert_eq!(
-        env.call("GET", &task(&alphas), Some(ALPHA), None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        env.call("GET", &task(&betas), Some(BETA), None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        env.call("GET", &task(&alphas), Some(BETA), None)
-            .await
-            .status,
-        403
-    );
-    assert_eq!(
-        env.call("GET", TASKS, Some(ALPHA), None).await.json()["total"],
-        1
-    );
+    assert_eq!(env.call("GET", &task(&alphas), Some(ALPHA), None).await.status, 200);
+    assert_eq!(env.call("GET", &task(&betas), Some(BETA), None).await.status, 200);
+    assert_eq!(env.call("GET", &task(&alphas), Some(BETA), None).await.status, 403);
+    assert_eq!(env.call("GET", TASKS, Some(ALPHA), None).await.json()["total"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,9 +45,7 @@ async fn a_failing_store_refuses_creates_before_forwarding() {
     let before = env.upstream_count();
     env.faults.fail_writes(true);
     for _ in 0..3 {
-        let reply = env
-            .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
-            .await;
+        let reply = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
         assert_eq!(reply.status, 503, "{}", reply.text());
         assert_eq!(reply.error_code(), "ServiceUnavailable");
     }
@@ -75,26 +55,10 @@ async fn a_failing_store_refuses_creates_before_forwarding() {
         "a create reached Ark although its owner could not be recorded"
     );
     // Reads of existing ownership still work, and still refuse strangers.
-    assert_eq!(
-        env.call("GET", &task(&owned), Some(ALPHA), None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        env.call("GET", &task(&owned), Some(BETA), None)
-            .await
-            .status,
-        403
-    );
+    assert_eq!(env.call("GET", &task(&owned), Some(ALPHA), None).await.status, 200);
+    assert_eq!(env.call("GET", &task(&owned), Some(BETA), None).await.status, 403);
     let audit = env.finish().await;
-    assert_eq!(
-        audit
-            .iter()
-            .filter(|r| r.reason == "ledger_unavailable")
-            .count(),
-        3
-    );
+    assert_eq!(audit.iter().filter(|r| r.reason == "ledger_unavailable").count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,12 +92,7 @@ async fn retried_creates_with_an_idempotency_key_reach_ark_once() {
     assert_eq!(creates(), 2);
     // Ark refusing a create frees the key for a corrected retry.
     let refused = send(ALPHA, "retry-2", r#"{"model":"model-a"}"#).await;
-    assert_eq!(
-        refused.status,
-        400,
-        "the mock requires content: {}",
-        refused.text()
-    );
+    assert_eq!(refused.status, 400, "the mock requires content: {}", refused.text());
     let fixed = send(ALPHA, "retry-2", CREATE_BODY).await;
     assert_eq!(fixed.status, 200, "{}", fixed.text());
     assert_eq!(creates(), 4);
@@ -141,10 +100,7 @@ async fn retried_creates_with_an_idempotency_key_reach_ark_once() {
         env.addr,
         "POST",
         TASKS,
-        &[
-            ("Authorization", "Bearer token-alpha"),
-            ("Idempotency-Key", ""),
-        ],
+        &[("Authorization", "Bearer token-alpha"), ("Idempotency-Key", "")],
         CREATE_BODY.as_bytes(),
     )
     .await;
@@ -159,14 +115,7 @@ async fn create_many(env: &TestEnv, token: &'static str, n: usize) -> Vec<String
             let addr = env.addr;
             joins.push(tokio::spawn(async move {
                 let auth = format!("Bearer {token}");
-                let reply = request(
-                    addr,
-                    "POST",
-                    TASKS,
-                    &[("Authorization", &auth)],
-                    CREATE_BODY.as_bytes(),
-                )
-                .await;
+                let reply = request(addr, "POST", TASKS, &[("Authorization", &auth)], CREATE_BODY.as_bytes()).await;
                 assert_eq!(reply.status, 200, "{}", reply.text());
                 reply.json()["id"].as_str().unwrap().to_string()
             }));
@@ -209,12 +158,7 @@ async fn lists_page_correctly_beyond_one_upstream_call() {
 
     // Cancel some, then filter by status: Ark decides, the gateway merges.
     for id in &alphas[..12] {
-        assert_eq!(
-            env.call("DELETE", &task(id), Some(ALPHA), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(env.call("DELETE", &task(id), Some(ALPHA), None).await.status, 200);
     }
     let cancelled = env
         .call(
@@ -267,9 +211,7 @@ async fn deletes_record_whether_they_cancelled_or_deleted() {
     let mut env = TestEnv::start_with(options).await;
     let finished = env.create(ALPHA).await;
     assert_eq!(
-        env.call("DELETE", &task(&finished), Some(ALPHA), None)
-            .await
-            .status,
+        env.call("DELETE", &task(&finished), Some(ALPHA), None).await.status,
         200
     );
     assert_eq!(
@@ -278,18 +220,8 @@ async fn deletes_record_whether_they_cancelled_or_deleted() {
         "a deleted task is not listed"
     );
     // Still the tenant's: a get is forwarded and Ark says it is gone.
-    assert_eq!(
-        env.call("GET", &task(&finished), Some(ALPHA), None)
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        env.call("GET", &task(&finished), Some(BETA), None)
-            .await
-            .status,
-        403
-    );
+    assert_eq!(env.call("GET", &task(&finished), Some(ALPHA), None).await.status, 404);
+    assert_eq!(env.call("GET", &task(&finished), Some(BETA), None).await.status, 403);
     env.stop_gateway().await;
     let ledger = RedbLedger::open(&env.dir.path().join("ledger.redb")).unwrap();
     let records = ledger.all_tasks(Some("alpha")).await.unwrap();
@@ -299,12 +231,7 @@ async fn deletes_record_whether_they_cancelled_or_deleted() {
 
     let mut env = TestEnv::start().await; // tasks stay queued: DELETE cancels
     let queued = env.create(ALPHA).await;
-    assert_eq!(
-        env.call("DELETE", &task(&queued), Some(ALPHA), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(env.call("DELETE", &task(&queued), Some(ALPHA), None).await.status, 200);
     env.stop_gateway().await;
     let ledger = RedbLedger::open(&env.dir.path().join("ledger.redb")).unwrap();
     assert_eq!(
@@ -341,14 +268,8 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
     for (i, created) in [(1, 1_000u64), (2, 2_000), (3, 50_000)] {
         let id = format!("cgt-{i}");
         let it = intent(&format!("i{i}"), "alpha", Some(&format!("k{i}")), created);
-        assert_eq!(
-            ledger.begin_create(it.clone()).await.unwrap(),
-            BeginOutcome::Begun
-        );
-        ledger
-            .complete_create(it, record(&id, "alpha", created))
-            .await
-            .unwrap();
+        assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
+        ledger.complete_create(it, record(&id, "alpha", created)).await.unwrap();
     }
     let report = ledger.sweep(10_000, 10_000).await.unwrap();
     assert_eq!((report.tasks, report.idempotency_keys), (2, 2));
@@ -369,10 +290,7 @@ async fn idempotency_outcomes_in_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
     let a = intent("r1", "alpha", Some("k"), 1_000);
-    assert_eq!(
-        ledger.begin_create(a.clone()).await.unwrap(),
-        BeginOutcome::Begun
-    );
+    assert_eq!(ledger.begin_create(a.clone()).await.unwrap(), BeginOutcome::Begun);
     // In flight: a second attempt conflicts instead of creating again.
     assert_eq!(
         ledger
@@ -410,9 +328,5 @@ async fn idempotency_outcomes_in_the_ledger() {
             .unwrap(),
         BeginOutcome::Begun
     );
-    assert_eq!(
-        ledger.unsettled_creates().unwrap().len(),
-        2,
-        "r5 and r6 are still open"
-    );
+    assert_eq!(ledger.unsettled_creates().unwrap().len(), 2, "r5 and r6 are still open");
 }

@@ -15,9 +15,7 @@ fn assert_error(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "body: {}", reply.text());
     let json = reply.json();
     assert_eq!(json["error"]["code"], code, "body: {json}");
-    assert!(json["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(json["error"]["type"].is_string());
     assert!(json["error"]["param"].is_string());
     let id = reply
@@ -33,14 +31,8 @@ async fn credentials_are_checked_and_never_forwarded() {
         (vec![], "missing"),
         (vec![("Authorization", "Basic dXNlcjpwYXNz")], "basic"),
         (vec![("Authorization", "Bearer ")], "empty token"),
-        (
-            vec![("Authorization", "Bearer not-a-tenant")],
-            "unknown token",
-        ),
-        (
-            vec![("Authorization", "Bearer token-alpha x")],
-            "token with a space",
-        ),
+        (vec![("Authorization", "Bearer not-a-tenant")], "unknown token"),
+        (vec![("Authorization", "Bearer token-alpha x")], "token with a space"),
         (
             vec![
                 ("Authorization", "Bearer token-alpha"),
@@ -53,10 +45,7 @@ async fn credentials_are_checked_and_never_forwarded() {
         let reply = request(env.addr, "GET", &task("cgt-static-alpha-1"), headers, b"").await;
         assert_eq!(reply.status, 401, "{what}: {}", reply.text());
         assert_error(&reply, 401, "AuthenticationError");
-        assert!(
-            !reply.text().contains("token-alpha"),
-            "{what}: the token is echoed"
-        );
+        assert!(!reply.text().contains("token-alpha"), "{what}: the token is echoed");
     }
     let long = format!("Bearer {}", "a".repeat(10_000));
     let reply = request(
@@ -96,10 +85,7 @@ async fn credentials_are_checked_and_never_forwarded() {
         received[0].header("authorization"),
         Some(format!("Bearer {UPSTREAM_KEY}").as_str())
     );
-    assert!(received[0]
-        .headers
-        .iter()
-        .all(|(_, v)| !v.contains("token-alpha")));
+    assert!(received[0].headers.iter().all(|(_, v)| !v.contains("token-alpha")));
 
     let audit = env.finish().await;
     assert_eq!(audit.len(), cases.len() + 2, "one audit record per request");
@@ -112,9 +98,7 @@ async fn credentials_are_checked_and_never_forwarded() {
 async fn operations_models_and_bodies_are_enforced_before_forwarding() {
     let env = TestEnv::start().await;
     // reader may not create or delete.
-    let reply = env
-        .call("POST", TASKS, Some(READER), Some(CREATE_BODY))
-        .await;
+    let reply = env.call("POST", TASKS, Some(READER), Some(CREATE_BODY)).await;
     assert_error(&reply, 403, "AccessDenied");
     let reply = env
         .call("DELETE", &task("cgt-static-reader-1"), Some(READER), None)
@@ -133,19 +117,12 @@ async fn operations_models_and_bodies_are_enforced_before_forwarding() {
         "InvalidParameter",
     );
     // Bodies that are not JSON objects, or lack a model.
-    for body in [
-        "not json",
-        "[\"model-a\"]",
-        "{\"content\":[]}",
-        "{\"model\":7}",
-        "",
-    ] {
+    for body in ["not json", "[\"model-a\"]", "{\"content\":[]}", "{\"model\":7}", ""] {
         let reply = env.call("POST", TASKS, Some(BETA), Some(body)).await;
         assert_eq!(reply.status, 400, "{body:?}: {}", reply.text());
     }
     assert_error(
-        &env.call("POST", TASKS, Some(BETA), Some("{\"content\":[]}"))
-            .await,
+        &env.call("POST", TASKS, Some(BETA), Some("{\"content\":[]}")).await,
         400,
         "MissingParameter",
     );
@@ -163,16 +140,8 @@ async fn operations_models_and_bodies_are_enforced_before_forwarding() {
         "POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
         big.len()
     );
-    assert_error(
-        &send_raw(env.addr, chunked.as_bytes()).await,
-        413,
-        "RequestTooLarge",
-    );
-    assert_eq!(
-        env.upstream_count(),
-        0,
-        "a refused create reached the upstream"
-    );
+    assert_error(&send_raw(env.addr, chunked.as_bytes()).await, 413, "RequestTooLarge");
+    assert_eq!(env.upstream_count(), 0, "a refused create reached the upstream");
 
     // The allowed create is forwarded byte for byte.
     let id = env.create(ALPHA).await;
@@ -180,10 +149,7 @@ async fn operations_models_and_bodies_are_enforced_before_forwarding() {
     let received = env.upstream();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].body, CREATE_BODY);
-    assert_eq!(
-        received[0].path_and_query,
-        "/api/v3/contents/generations/tasks"
-    );
+    assert_eq!(received[0].path_and_query, "/api/v3/contents/generations/tasks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,12 +197,7 @@ async fn a_tenant_reaches_only_its_own_and_granted_tasks() {
         assert_eq!(last.path_and_query, task(granted));
     }
     // Ark's refusal of a DELETE passes through unchanged: cancel twice.
-    assert_eq!(
-        env.call("DELETE", &task(&alphas), Some(ALPHA), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(env.call("DELETE", &task(&alphas), Some(ALPHA), None).await.status, 200);
     let refused = env.call("DELETE", &task(&alphas), Some(ALPHA), None).await;
     assert_eq!(refused.status, 400);
     assert_eq!(refused.error_code(), "InvalidAction.TaskStatus");
@@ -247,18 +208,12 @@ async fn a_tenant_reaches_only_its_own_and_granted_tasks() {
     assert!(refused.header("x-gateway-request-id").is_some());
 
     let audit = env.finish().await;
-    let denied: Vec<_> = audit
-        .iter()
-        .filter(|r| r.reason == "task_not_granted")
-        .collect();
+    let denied: Vec<_> = audit.iter().filter(|r| r.reason == "task_not_granted").collect();
     assert_eq!(denied.len(), 8);
     assert!(denied
         .iter()
         .all(|r| r.task_id.is_some() && r.tenant.is_some() && r.upstream_status.is_none()));
-    let created = audit
-        .iter()
-        .find(|r| r.operation.as_deref() == Some("create"))
-        .unwrap();
+    let created = audit.iter().find(|r| r.operation.as_deref() == Some("create")).unwrap();
     assert_eq!(
         created.task_id.as_deref(),
         Some(alphas.as_str()),
@@ -275,12 +230,7 @@ async fn unknown_routes_methods_and_ids_are_refused_locally() {
         ("GET", "/", 404, "NotFound"),
         ("GET", "/api/v3/chat/completions", 404, "NotFound"),
         ("GET", "/API/V3/contents/generations/tasks", 404, "NotFound"),
-        (
-            "GET",
-            "//api/v3/contents/generations/tasks",
-            404,
-            "NotFound",
-        ),
+        ("GET", "//api/v3/contents/generations/tasks", 404, "NotFound"),
         ("PUT", TASKS, 405, "MethodNotAllowed"),
         (
             "PATCH",
@@ -288,12 +238,7 @@ async fn unknown_routes_methods_and_ids_are_refused_locally() {
             405,
             "MethodNotAllowed",
         ),
-        (
-            "GET",
-            "/api/v3/contents/generations/tasks/",
-            400,
-            "InvalidParameter",
-        ),
+        ("GET", "/api/v3/contents/generations/tasks/", 400, "InvalidParameter"),
         (
             "GET",
             "/api/v3/contents/generations/tasks/cgt-static-alpha-1/",
@@ -358,11 +303,7 @@ async fn unknown_routes_methods_and_ids_are_refused_locally() {
     assert_eq!(reply.header("allow"), Some("GET, POST"));
     let long = format!("{TASKS}/{}", "a".repeat(129));
     assert_eq!(env.call("GET", &long, Some(ALPHA), None).await.status, 400);
-    assert_eq!(
-        env.upstream_count(),
-        0,
-        "a refused route reached the upstream"
-    );
+    assert_eq!(env.upstream_count(), 0, "a refused route reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,12 +332,7 @@ async fn lists_show_only_the_callers_tasks() {
             .collect()
     };
     let page2 = env
-        .call(
-            "GET",
-            &format!("{TASKS}?page_size=2&page_num=2"),
-            Some(ALPHA),
-            None,
-        )
+        .call("GET", &format!("{TASKS}?page_size=2&page_num=2"), Some(ALPHA), None)
         .await
         .json();
     let mut seen: Vec<String> = ids(&json).into_iter().chain(ids(&page2)).collect();
@@ -415,26 +351,17 @@ async fn lists_show_only_the_callers_tasks() {
 
     // Asking for another tenant's ids filters to nothing, without asking Ark.
     let before = env.upstream_count();
-    let target = format!(
-        "{TASKS}?filter.task_ids={}&filter.task_ids={}",
-        betas[0], betas[1]
-    );
+    let target = format!("{TASKS}?filter.task_ids={}&filter.task_ids={}", betas[0], betas[1]);
     let reply = env.call("GET", &target, Some(ALPHA), None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["total"], 0);
     assert_eq!(env.upstream_count(), before);
     // Mixed: only the caller's id survives, and only it is sent upstream.
-    let target = format!(
-        "{TASKS}?filter.task_ids={}&filter.task_ids={}",
-        betas[0], alphas[0]
-    );
+    let target = format!("{TASKS}?filter.task_ids={}&filter.task_ids={}", betas[0], alphas[0]);
     let reply = env.call("GET", &target, Some(ALPHA), None).await.json();
     assert_eq!(ids(&reply), vec![alphas[0].clone()]);
     let sent = env.upstream().pop().unwrap().path_and_query;
-    assert!(
-        sent.contains(&alphas[0]) && !sent.contains(&betas[0]),
-        "{sent}"
-    );
+    assert!(sent.contains(&alphas[0]) && !sent.contains(&betas[0]), "{sent}");
     // A tenant with no tasks gets an empty list, not someone else's.
     let reply = env.call("GET", TASKS, Some(LIMITED), None).await;
     assert_eq!(reply.json()["total"], 0);
@@ -444,9 +371,7 @@ async fn lists_show_only_the_callers_tasks() {
         .into_iter()
         .filter(|r| r.method == "GET" && r.path_and_query.starts_with(&format!("{TASKS}?")))
         .collect();
-    assert!(list_calls
-        .iter()
-        .all(|r| r.path_and_query.contains("filter.task_ids=")));
+    assert!(list_calls.iter().all(|r| r.path_and_query.contains("filter.task_ids=")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,9 +383,7 @@ async fn rate_limits_answer_429_with_retry_after_and_do_not_forward() {
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     let before = env.upstream_count();
-    let reply = env
-        .call("POST", TASKS, Some(LIMITED), Some(CREATE_BODY))
-        .await;
+    let reply = env.call("POST", TASKS, Some(LIMITED), Some(CREATE_BODY)).await;
     assert_error(&reply, 429, "RateLimitExceeded");
     let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
@@ -468,13 +391,7 @@ async fn rate_limits_answer_429_with_retry_after_and_do_not_forward() {
     // Other tenants are unaffected.
     assert_eq!(env.call("GET", TASKS, Some(BETA), None).await.status, 200);
     let audit = env.finish().await;
-    assert_eq!(
-        audit
-            .iter()
-            .filter(|r| r.reason == "tenant_rate_limited")
-            .count(),
-        1
-    );
+    assert_eq!(audit.iter().filter(|r| r.reason == "tenant_rate_limited").count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,103 +3,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use ark_gateway::mock_upstream::{MockOptions, MockUpstream};
+use common::process::{GatewayProcess, BIN};
 use common::*;
 use tokio::net::TcpListener;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ark-gateway");
-
-/// A gateway child process and everything it wrote.
-struct GatewayProcess {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<JoinHandle<()>>,
-    stdout_reader: Option<JoinHandle<String>>,
-}
-
-impl GatewayProcess {
-    /// Starts `ark-gateway run` and waits for the "listener ready" log line.
-    fn spawn(config: &Path, envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ark-gateway");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap());
-        let addr = loop {
-            let mut line = String::new();
-            if lines.read_line(&mut line).unwrap() == 0 {
-                panic!(
-                    "the gateway exited before listening:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            stderr.lock().unwrap().push_str(&line);
-            if line.contains("tenant listener ready") {
-                let addr = line.split("addr=").nth(1).unwrap().trim();
-                break addr.parse().unwrap();
-            }
-        };
-        let sink = stderr.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = lines.read_to_string(&mut rest);
-            sink.lock().unwrap().push_str(&rest);
-        });
-        let mut stdout = child.stdout.take().unwrap();
-        let stdout_reader = std::thread::spawn(move || {
-            let mut out = String::new();
-            let _ = stdout.read_to_string(&mut out);
-            out
-        });
-        Self {
-            child,
-            addr,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-            stdout_reader: Some(stdout_reader),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for exit; returns (exit code, stdout, stderr).
-    fn wait(mut self) -> (Option<i32>, String, String) {
-        let status = self.child.wait().unwrap();
-        let stdout = self.stdout_reader.take().unwrap().join().unwrap();
-        self.stderr_reader.take().unwrap().join().unwrap();
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status.code(), stdout, stderr)
-    }
-}
 
 fn write_config(dir: &Path, base_url: &str, audit_stdout: bool) -> std::path::PathBuf {
     let mut text = config_text(base_url, dir, "", &default_tenants());
     if audit_stdout {
         text = text.replace("sink = \"file\"", "sink = \"stdout\"");
-        text = text.replace(
-            &format!("path = \"{}\"", dir.join("audit.jsonl").display()),
-            "",
-        );
+        text = text.replace(&format!("path = \"{}\"", dir.join("audit.jsonl").display()), "");
     }
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -158,11 +76,7 @@ rate_limit = { per_second = 1, per_minute = 1 }
         assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
     }
     // An unknown key is refused by name.
-    std::fs::write(
-        &path,
-        "[upstream]\nbase_url = \"https://x\"\napi_key = \"sk-inline\"\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[upstream]\nbase_url = \"https://x\"\napi_key = \"sk-inline\"\n").unwrap();
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
@@ -171,21 +85,14 @@ rate_limit = { per_second = 1, per_minute = 1 }
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("api_key"), "{stderr}");
-    assert!(
-        !stderr.contains("sk-inline"),
-        "the inline key was echoed: {stderr}"
-    );
+    assert!(!stderr.contains("sk-inline"), "the inline key was echoed: {stderr}");
     // The shipped demo config is valid.
     let out = Command::new(BIN)
         .args(["check", "--config", "config/demo.toml"])
         .env("ARK_GATEWAY_DEMO_KEY", "demo")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -196,12 +103,7 @@ fn hash_token_prints_the_sha256_of_stdin() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"team-token-123\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"team-token-123\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(
@@ -216,17 +118,12 @@ const CANARY: &str = "sk-CANARY-3f9a1c7e5b2d4a6c8e0f";
 async fn a_whole_session_never_shows_the_key_anywhere() {
     let mut options = MockOptions::new(CANARY);
     options.queued_for = std::time::Duration::from_secs(3600);
-    let mock =
-        MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+    let mock = MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mock.base_url(), true);
-    let gateway =
-        GatewayProcess::spawn(&config, &[("TEST_ARK_KEY", CANARY), ("RUST_LOG", "trace")]);
+    let gateway = GatewayProcess::spawn(&config, &[("TEST_ARK_KEY", CANARY), ("RUST_LOG", "trace")]);
     let addr = gateway.addr;
-    let call = |method: &'static str,
-                target: String,
-                token: Option<&'static str>,
-                body: &'static str| async move {
+    let call = |method: &'static str, target: String, token: Option<&'static str>, body: &'static str| async move {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("X-Client-Request-Id", "client-1")];
         if let Some(a) = &auth {
@@ -244,29 +141,16 @@ async fn a_whole_session_never_shows_the_key_anywhere() {
         ("GET", format!("{TASKS}/{id}"), Some(BETA), ""),
         ("GET", format!("{TASKS}/{id}"), None, ""),
         ("GET", format!("{TASKS}/{id}"), Some("wrong-token"), ""),
-        (
-            "POST",
-            TASKS.to_string(),
-            Some(ALPHA),
-            "{\"model\":\"model-z\"}",
-        ),
+        ("POST", TASKS.to_string(), Some(ALPHA), "{\"model\":\"model-z\"}"),
         ("GET", "/api/v3/other".to_string(), Some(ALPHA), ""),
-        (
-            "GET",
-            format!("{TASKS}/cgt-static-alpha-1"),
-            Some(ALPHA),
-            "",
-        ),
+        ("GET", format!("{TASKS}/cgt-static-alpha-1"), Some(ALPHA), ""),
         ("DELETE", format!("{TASKS}/{id}"), Some(ALPHA), ""),
         ("DELETE", format!("{TASKS}/{id}"), Some(ALPHA), ""),
     ] {
         replies.push(call(method, target, token, body).await);
     }
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
-    assert_eq!(
-        statuses,
-        [200, 200, 200, 403, 401, 401, 403, 404, 404, 200, 400]
-    );
+    assert_eq!(statuses, [200, 200, 200, 403, 401, 401, 403, 404, 404, 200, 400]);
     gateway.signal("TERM");
     let (code, stdout, stderr) = gateway.wait();
     assert_eq!(code, Some(0), "SIGTERM drains and exits 0:\n{stderr}");
@@ -298,8 +182,7 @@ async fn a_whole_session_never_shows_the_key_anywhere() {
 async fn sigkill_during_creates_loses_no_owned_id() {
     let mut options = MockOptions::new(UPSTREAM_KEY);
     options.queued_for = std::time::Duration::from_secs(3600);
-    let mock =
-        MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+    let mock = MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mock.base_url(), false);
     let gateway = GatewayProcess::spawn(&config, &[("TEST_ARK_KEY", UPSTREAM_KEY)]);
@@ -316,16 +199,7 @@ async fn sigkill_during_creates_loses_no_owned_id() {
             for _ in 0..200 {
                 let auth = format!("Bearer {ALPHA}");
                 let reply = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(_) => {
-                        request(
-                            addr,
-                            "POST",
-                            TASKS,
-                            &[("Authorization", &auth)],
-                            CREATE_BODY.as_bytes(),
-                        )
-                        .await
-                    }
+                    Ok(_) => request(addr, "POST", TASKS, &[("Authorization", &auth)], CREATE_BODY.as_bytes()).await,
                     Err(_) => return,
                 };
                 if reply.status != 200 {
@@ -392,28 +266,17 @@ async fn sigkill_during_creates_loses_no_owned_id() {
             .unwrap()
     };
     let out = tasks(&["list", "--tenant", "alpha"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(received.iter().all(|id| listed.contains(id.as_str())));
     let out = tasks(&["grant", "--tenant", "beta", &received[0]]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tasks(&["list", "--tenant", "beta"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     let out = tasks(&["revoke", &received[1]]);
     assert!(out.status.success());
     let out = tasks(&["grant", "--tenant", "nobody", &received[2]]);
-    assert!(
-        !out.status.success(),
-        "granting to an unknown tenant must fail"
-    );
+    assert!(!out.status.success(), "granting to an unknown tenant must fail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,15 +76,11 @@ impl ScriptedUpstream {
                             let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.0\r\n\r\n").await;
                         }
                         Mode::ResetMidResponse => {
-                            let _ = stream
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applic")
-                                .await;
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applic").await;
                         }
                         Mode::StallBody => {
                             let _ = stream
-                                .write_all(
-                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":\"cg",
-                                )
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":\"cg")
                                 .await;
                             std::future::pending::<()>().await;
                         }
@@ -127,11 +123,7 @@ const GRANTED: &str = "/api/v3/contents/generations/tasks/cgt-static-alpha-1";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_is_502_and_recovers() {
     // A port that was bound and released: nothing listens there.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let mut env = env_for(format!("http://{closed}/api/v3"), "").await;
     let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
@@ -140,9 +132,7 @@ async fn connection_refused_is_502_and_recovers() {
         reply.header("x-should-retry").is_none(),
         "nothing was sent, so a retry is safe"
     );
-    let create = env
-        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
-        .await;
+    let create = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     assert_eq!(create.status, 502);
     assert!(
         create.header("x-should-retry").is_none(),
@@ -163,9 +153,7 @@ async fn timeouts_are_504_and_unknown_fate_creates_must_not_be_retried() {
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert_eq!(reply.error_code(), "UpstreamTimeout");
     assert!(reply.header("x-should-retry").is_none());
-    let create = env
-        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
-        .await;
+    let create = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     assert_eq!(create.status, 504);
     assert_eq!(
         create.header("x-should-retry"),
@@ -176,10 +164,7 @@ async fn timeouts_are_504_and_unknown_fate_creates_must_not_be_retried() {
 
     // A body that stalls mid-way is a time-out too.
     upstream.set(Mode::StallBody);
-    assert_eq!(
-        env.call("GET", GRANTED, Some(ALPHA), None).await.status,
-        504
-    );
+    assert_eq!(env.call("GET", GRANTED, Some(ALPHA), None).await.status, 504);
 
     // Healthy again: the next request succeeds.
     upstream.set(Mode::Answer(200, "", OK_TASK));
@@ -187,13 +172,7 @@ async fn timeouts_are_504_and_unknown_fate_creates_must_not_be_retried() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-request-id"), Some("ark-req-1"));
     let audit = env.finish().await;
-    assert_eq!(
-        audit
-            .iter()
-            .filter(|r| r.reason == "upstream_timeout")
-            .count(),
-        3
-    );
+    assert_eq!(audit.iter().filter(|r| r.reason == "upstream_timeout").count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,22 +185,15 @@ async fn broken_responses_are_502() {
     upstream.set(Mode::ResetMidResponse);
     let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
-    let create = env
-        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
-        .await;
+    let create = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     assert_eq!(create.status, 502);
     assert_eq!(create.header("x-should-retry"), Some("false"));
     // A 200 create without an id cannot be owned: 502, not a silent success.
     upstream.set(Mode::Answer(200, "", "{}"));
-    let reply = env
-        .call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY))
-        .await;
+    let reply = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     assert_eq!(reply.status, 502);
     upstream.set(Mode::Answer(200, "", OK_TASK));
-    assert_eq!(
-        env.call("GET", GRANTED, Some(ALPHA), None).await.status,
-        200
-    );
+    assert_eq!(env.call("GET", GRANTED, Some(ALPHA), None).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,16 +218,10 @@ async fn the_global_in_flight_limit_refuses_instead_of_queueing() {
     let mut upstream = ScriptedUpstream::start(Mode::Hang).await;
     let env = env_for(upstream.base_url(), "max_concurrent = 1\ntimeout = \"30s\"").await;
     let addr = env.addr;
-    let first = tokio::spawn(async move {
-        request(
-            addr,
-            "GET",
-            GRANTED,
-            &[("Authorization", "Bearer token-alpha")],
-            b"",
-        )
-        .await
-    });
+    let first =
+        tokio::spawn(
+            async move { request(addr, "GET", GRANTED, &[("Authorization", "Bearer token-alpha")], b"").await },
+        );
     // Wait until the first request is really at the upstream, holding the one slot.
     upstream.seen.recv().await.unwrap();
     let second = env.call("GET", GRANTED, Some(BETA), None).await;

@@ -1,15 +1,19 @@
+use std::sync::Arc;
+
 use tower::Layer;
 
 use super::{AuditService, AuditSink};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct AuditLayer {
     sink: AuditSink,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditLayer {
-    pub fn new(sink: AuditSink) -> Self {
-        Self { sink }
+    pub fn new(sink: AuditSink, metrics: Arc<Metrics>) -> Self {
+        Self { sink, metrics }
     }
 }
 
@@ -20,6 +24,7 @@ impl<S> Layer<S> for AuditLayer {
         AuditService {
             inner,
             sink: self.sink.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

@@ -27,9 +27,6 @@ impl AuditNote {
     }
 
     pub fn facts(&self) -> AuditFacts {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }

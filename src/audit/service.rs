@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -7,6 +8,7 @@ use http::Request;
 use tower::Service;
 
 use super::{AuditNote, AuditRecord, AuditSink, Decision};
+use crate::metrics::Metrics;
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
@@ -18,6 +20,7 @@ const MAX_CLIENT_REQUEST_ID: usize = 128;
 pub struct AuditService<S> {
     pub(super) inner: S,
     pub(super) sink: AuditSink,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<Request<B>> for AuditService<S>
@@ -42,10 +45,7 @@ where
             .get::<RequestId>()
             .map(|id| id.as_str().to_string())
             .unwrap_or_default();
-        let remote_addr = req
-            .extensions()
-            .get::<RemoteAddr>()
-            .map(|a| a.0.to_string());
+        let remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.to_string());
         let method = req.method().as_str().to_string();
         let client_request_id = req
             .headers()
@@ -53,6 +53,7 @@ where
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(MAX_CLIENT_REQUEST_ID).collect());
         let sink = self.sink.clone();
+        let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
@@ -67,14 +68,22 @@ where
                     (Decision::Allow, reason, response.status().as_u16())
                 }
                 Err(e) => {
-                    let decision = if e.is_denial() {
-                        Decision::Deny
-                    } else {
-                        Decision::Allow
-                    };
+                    let decision = if e.is_denial() { Decision::Deny } else { Decision::Allow };
                     (decision, e.reason(), e.status().as_u16())
                 }
             };
+            let tenant = facts.tenant.as_ref().map(|t| t.as_str());
+            let operation = facts.operation.map(|op| op.as_str());
+            metrics.request(
+                tenant,
+                operation,
+                decision == Decision::Allow,
+                status,
+                started.elapsed(),
+            );
+            if let (Err(GatewayError::TenantRateLimited { .. }), Some(tenant)) = (&result, tenant) {
+                metrics.rate_limited(tenant);
+            }
             let record = AuditRecord {
                 ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 request_id,

@@ -1,18 +1,16 @@
-use std::sync::Arc;
-
 use tower::Layer;
 
 use super::AuthService;
-use crate::tenant::TenantDirectory;
+use crate::runtime::SharedSnapshot;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthLayer {
-    tenants: Arc<TenantDirectory>,
+    shared: SharedSnapshot,
 }
 
 impl AuthLayer {
-    pub fn new(tenants: Arc<TenantDirectory>) -> Self {
-        Self { tenants }
+    pub fn new(shared: SharedSnapshot) -> Self {
+        Self { shared }
     }
 }
 
@@ -22,7 +20,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            tenants: self.tenants.clone(),
+            shared: self.shared.clone(),
         }
     }
 }

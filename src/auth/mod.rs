@@ -85,10 +85,7 @@ mod tests {
             &long,
         ] {
             assert!(
-                matches!(
-                    bearer_token(&headers(&[value])),
-                    Err(GatewayError::MalformedCredential)
-                ),
+                matches!(bearer_token(&headers(&[value])), Err(GatewayError::MalformedCredential)),
                 "{:?}",
                 String::from_utf8_lossy(value)
             );

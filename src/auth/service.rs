@@ -1,5 +1,4 @@
 use std::future::{ready, Ready};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
@@ -10,12 +9,34 @@ use tower::Service;
 use super::bearer_token;
 use crate::audit::AuditNote;
 use crate::rescue::{GatewayError, GatewayResponse};
-use crate::tenant::TenantDirectory;
+use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::server::PeerCertificate;
+use crate::tenant::Tenant;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthService<S> {
     pub(super) inner: S,
-    pub(super) tenants: Arc<TenantDirectory>,
+    pub(super) shared: SharedSnapshot,
+}
+
+/// A tenant is identified by its mTLS client certificate, by its token, or by
+/// both when they agree.
+fn identify<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Tenant, GatewayError> {
+    let by_cert = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|cert| snapshot.tenants.by_client_certificate(&cert.0));
+    if !req.headers().contains_key(AUTHORIZATION) {
+        return by_cert.ok_or(GatewayError::MissingCredential);
+    }
+    let by_token = snapshot
+        .tenants
+        .authenticate(bearer_token(req.headers())?)
+        .ok_or(GatewayError::UnknownCredential)?;
+    match by_cert {
+        Some(cert_tenant) if cert_tenant.name != by_token.name => Err(GatewayError::ConflictingCredentials),
+        _ => Ok(by_token),
+    }
 }
 
 impl<S, B> Service<Request<B>> for AuthService<S>
@@ -31,14 +52,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let tenant = match bearer_token(req.headers()) {
-            Ok(token) => self
-                .tenants
-                .authenticate(token)
-                .ok_or(GatewayError::UnknownCredential),
-            Err(e) => Err(e),
-        };
-        let tenant = match tenant {
+        // One snapshot per request: the request finishes under the
+        // configuration it started with, whatever reloads happen meanwhile.
+        let snapshot = self.shared.load_full();
+        let tenant = match identify(&req, &snapshot) {
             Ok(tenant) => tenant,
             Err(e) => return Either::Left(ready(Err(e))),
         };
@@ -48,6 +65,7 @@ where
         // The tenant's token ends here: nothing downstream ever sees it.
         req.headers_mut().remove(AUTHORIZATION);
         req.extensions_mut().insert(tenant);
+        req.extensions_mut().insert(snapshot);
         Either::Right(self.inner.call(req))
     }
 }

@@ -48,6 +48,27 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Inbound TLS; `None` serves plain HTTP (the sidecar's loopback default).
+    pub tls: Option<ServerTls>,
+}
+
+/// Inbound TLS material, parsed and checked at load.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<rustls_pki_types::PrivateKeyDer<'static>>,
+    /// With a client CA, every client must present a certificate it signed (mTLS).
+    pub client_ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("certs", &self.cert_chain.len())
+            .field("key", &"[redacted]")
+            .field("mtls", &self.client_ca.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -148,11 +169,7 @@ pub struct TaskGrants {
 
 impl TaskGrants {
     pub fn allows(&self, id: &TaskId) -> bool {
-        self.exact.contains(id)
-            || self
-                .prefixes
-                .iter()
-                .any(|p| id.as_str().starts_with(p.as_str()))
+        self.exact.contains(id) || self.prefixes.iter().any(|p| id.as_str().starts_with(p.as_str()))
     }
 }
 
@@ -173,7 +190,10 @@ pub enum RatePeriod {
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub name: TenantName,
-    pub token_sha256: [u8; 32],
+    /// `None` for a tenant identified only by its client certificate.
+    pub token_sha256: Option<[u8; 32]>,
+    /// A DNS (or IP) subject alternative name of the tenant's client certificate.
+    pub client_cert_san: Option<String>,
     pub operations: OperationSet,
     /// `None`: every model may be used for create.
     pub models: Option<BTreeSet<String>>,
@@ -190,10 +210,14 @@ impl Config {
 
     /// Reads, parses and validates a config file with the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single("(file)", format!("cannot read {}: {e}", path.display()))
-        })?;
-        Self::from_toml_str(&text, &process_env)
+        Self::load_with_env(path, &process_env)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single("(file)", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml_str(&text, env)
     }
 }
 
@@ -207,18 +231,11 @@ pub struct StoreView {
 
 impl StoreView {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single("(file)", format!("cannot read {}: {e}", path.display()))
-        })?;
-        let raw: raw::RawConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::parse(e, &text))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single("(file)", format!("cannot read {}: {e}", path.display())))?;
+        let raw: raw::RawConfig = toml::from_str(&text).map_err(|e| ConfigError::parse(e, &text))?;
         Ok(Self {
-            store_path: PathBuf::from(
-                raw.store
-                    .path
-                    .as_deref()
-                    .unwrap_or(validate::DEFAULT_STORE_PATH),
-            ),
+            store_path: PathBuf::from(raw.store.path.as_deref().unwrap_or(validate::DEFAULT_STORE_PATH)),
             tenant_names: raw.tenants.into_iter().filter_map(|t| t.name).collect(),
         })
     }

@@ -28,6 +28,15 @@ pub struct RawServer {
     pub request_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +79,7 @@ pub struct RawAudit {
 pub struct RawTenant {
     pub name: Option<String>,
     pub token_sha256: Option<String>,
+    pub client_cert_san: Option<String>,
     pub operations: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
     #[serde(default)]

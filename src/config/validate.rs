@@ -70,10 +70,7 @@ impl ConfigError {
             format!("line {line}, column {column}: ")
         });
         let message = redact_string_values(err.message().trim());
-        Self::single(
-            "(syntax)",
-            format!("{}{message}", position.unwrap_or_default()),
-        )
+        Self::single("(syntax)", format!("{}{message}", position.unwrap_or_default()))
     }
 
     /// True when some problem concerns `key` (used by tests).
@@ -121,10 +118,7 @@ impl Problems {
                 Duration::from_secs(1)
             }
             Err(e) => {
-                self.push(
-                    key,
-                    format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"),
-                );
+                self.push(key, format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"));
                 Duration::from_secs(1)
             }
         }
@@ -155,60 +149,31 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     let mut p = Problems::default();
 
     let server = ServerConfig {
-        listen: p.addr(
-            "server.listen",
-            raw.server.listen.as_deref(),
-            DEFAULT_LISTEN,
-        ),
-        max_body_bytes: p.positive(
-            "server.max_body_bytes",
-            raw.server.max_body_bytes,
-            MIB,
-            64 * MIB,
-        ),
-        request_timeout: p.duration(
-            "server.request_timeout",
-            raw.server.request_timeout.as_deref(),
-            "60s",
-        ),
+        listen: p.addr("server.listen", raw.server.listen.as_deref(), DEFAULT_LISTEN),
+        max_body_bytes: p.positive("server.max_body_bytes", raw.server.max_body_bytes, MIB, 64 * MIB),
+        request_timeout: p.duration("server.request_timeout", raw.server.request_timeout.as_deref(), "60s"),
         header_read_timeout: p.duration(
             "server.header_read_timeout",
             raw.server.header_read_timeout.as_deref(),
             "10s",
         ),
-        shutdown_grace: p.duration(
-            "server.shutdown_grace",
-            raw.server.shutdown_grace.as_deref(),
-            "30s",
-        ),
+        shutdown_grace: p.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), "30s"),
+        tls: raw.server.tls.and_then(|tls| validate_tls(&mut p, tls)),
     };
     let admin = AdminConfig {
-        listen: p.addr(
-            "admin.listen",
-            raw.admin.listen.as_deref(),
-            DEFAULT_ADMIN_LISTEN,
-        ),
+        listen: p.addr("admin.listen", raw.admin.listen.as_deref(), DEFAULT_ADMIN_LISTEN),
     };
 
     let up = raw.upstream;
     let base_url = validate_base_url(&mut p, up.base_url.as_deref(), up.allow_insecure_http);
-    let api_key = load_api_key(
-        &mut p,
-        up.api_key_env.as_deref(),
-        up.api_key_file.as_deref(),
-        env,
-    );
+    let api_key = load_api_key(&mut p, up.api_key_env.as_deref(), up.api_key_file.as_deref(), env);
     let extra_roots = match up.ca_file.as_deref() {
         None => Vec::new(),
         Some(path) => load_ca_file(&mut p, path),
     };
     let max_concurrent = p.positive("upstream.max_concurrent", up.max_concurrent, 64, 1_000_000);
     let upstream = UpstreamConfig {
-        connect_timeout: p.duration(
-            "upstream.connect_timeout",
-            up.connect_timeout.as_deref(),
-            "5s",
-        ),
+        connect_timeout: p.duration("upstream.connect_timeout", up.connect_timeout.as_deref(), "5s"),
         timeout: p.duration("upstream.timeout", up.timeout.as_deref(), "60s"),
         max_concurrent: NonZeroUsize::new(max_concurrent).unwrap_or(NonZeroUsize::MIN),
         max_response_bytes: p.positive(
@@ -232,10 +197,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     };
 
     let audit = AuditConfig {
-        sink: match (
-            raw.audit.sink.as_deref().unwrap_or("stdout"),
-            raw.audit.path,
-        ) {
+        sink: match (raw.audit.sink.as_deref().unwrap_or("stdout"), raw.audit.path) {
             ("stdout", None) => AuditSinkConfig::Stdout,
             ("stdout", Some(_)) => {
                 p.push("audit.path", "only applies when audit.sink = \"file\"");
@@ -247,16 +209,23 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
                 AuditSinkConfig::Stdout
             }
             (other, _) => {
-                p.push(
-                    "audit.sink",
-                    format!("{other:?} is not one of \"stdout\", \"file\""),
-                );
+                p.push("audit.sink", format!("{other:?} is not one of \"stdout\", \"file\""));
                 AuditSinkConfig::Stdout
             }
         },
     };
 
     let tenants = validate_tenants(&mut p, raw.tenants);
+    if server.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        for (i, t) in tenants.iter().enumerate() {
+            if t.client_cert_san.is_some() {
+                p.push(
+                    format!("tenant[{i}].client_cert_san"),
+                    "needs server.tls.client_ca: client certificates are only verified with mutual TLS",
+                );
+            }
+        }
+    }
 
     if p.0.is_empty() {
         Ok(Config {
@@ -272,11 +241,55 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     }
 }
 
-fn validate_base_url(
-    p: &mut Problems,
-    raw: Option<&str>,
-    allow_insecure_http: bool,
-) -> Option<Uri> {
+fn validate_tls(p: &mut Problems, raw: super::raw::RawTls) -> Option<ServerTls> {
+    use rustls_pki_types::PrivateKeyDer;
+    let certs = |p: &mut Problems, key: &str, path: Option<&str>| -> Option<Vec<CertificateDer<'static>>> {
+        let Some(path) = path else {
+            p.push(key, "is required");
+            return None;
+        };
+        match CertificateDer::pem_file_iter(path).map(|it| it.collect::<Result<Vec<_>, _>>()) {
+            Ok(Ok(certs)) if !certs.is_empty() => Some(certs),
+            Ok(Ok(_)) => {
+                p.push(key, format!("{path} holds no PEM certificate"));
+                None
+            }
+            Ok(Err(e)) | Err(e) => {
+                p.push(key, format!("cannot read certificates from {path}: {e}"));
+                None
+            }
+        }
+    };
+    let cert_chain = certs(p, "server.tls.cert", raw.cert.as_deref());
+    let key = match raw.key.as_deref() {
+        None => {
+            p.push("server.tls.key", "is required");
+            None
+        }
+        Some(path) => match PrivateKeyDer::from_pem_file(path) {
+            Ok(key) => Some(key),
+            // The error names the file, never its content.
+            Err(e) => {
+                p.push(
+                    "server.tls.key",
+                    format!("cannot read a PEM private key from {path}: {e}"),
+                );
+                None
+            }
+        },
+    };
+    let client_ca = match raw.client_ca.as_deref() {
+        None => Some(None),
+        Some(path) => certs(p, "server.tls.client_ca", Some(path)).map(Some),
+    };
+    Some(ServerTls {
+        cert_chain: cert_chain?,
+        key: Arc::new(key?),
+        client_ca: client_ca?,
+    })
+}
+
+fn validate_base_url(p: &mut Problems, raw: Option<&str>, allow_insecure_http: bool) -> Option<Uri> {
     const KEY: &str = "upstream.base_url";
     let Some(text) = raw else {
         p.push(
@@ -290,10 +303,7 @@ fn validate_base_url(
         return None;
     };
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        p.push(
-            KEY,
-            format!("{text:?} must be an absolute URL with scheme and host"),
-        );
+        p.push(KEY, format!("{text:?} must be an absolute URL with scheme and host"));
         return None;
     };
     match scheme {
@@ -332,12 +342,7 @@ fn validate_base_url(
         })
 }
 
-fn load_api_key(
-    p: &mut Problems,
-    env_name: Option<&str>,
-    file: Option<&str>,
-    env: EnvLookup<'_>,
-) -> Option<ArkApiKey> {
+fn load_api_key(p: &mut Problems, env_name: Option<&str>, file: Option<&str>, env: EnvLookup<'_>) -> Option<ArkApiKey> {
     let (key, text) = match (env_name, file) {
         (Some(_), Some(_)) => {
             p.push(
@@ -366,10 +371,7 @@ fn load_api_key(
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(text) => ("upstream.api_key_file", text),
             Err(e) => {
-                p.push(
-                    "upstream.api_key_file",
-                    format!("cannot read {path}: {}", e.kind()),
-                );
+                p.push("upstream.api_key_file", format!("cannot read {path}: {}", e.kind()));
                 return None;
             }
         },
@@ -412,6 +414,7 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut hashes: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut sans: HashMap<String, usize> = HashMap::new();
     let mut tenants = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("tenant[{i}].{field}");
@@ -430,20 +433,34 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
                 }
                 Some(name) => {
                     if let Some(first) = names.insert(raw_name.to_string(), i) {
-                        p.push(
-                            key("name"),
-                            format!("{raw_name:?} is also the name of tenant[{first}]"),
-                        );
+                        p.push(key("name"), format!("{raw_name:?} is also the name of tenant[{first}]"));
                     }
                     Some(name)
                 }
             },
         };
+        let client_cert_san = match t.client_cert_san {
+            Some(san) if san.is_empty() || rustls_pki_types::ServerName::try_from(san.as_str()).is_err() => {
+                p.push(
+                    key("client_cert_san"),
+                    format!("{san:?} is not a DNS name or IP address"),
+                );
+                None
+            }
+            Some(san) => {
+                if let Some(first) = sans.insert(san.to_ascii_lowercase(), i) {
+                    p.push(key("client_cert_san"), format!("is the same as tenant[{first}]'s"));
+                }
+                Some(san)
+            }
+            None => None,
+        };
         let token_sha256 = match t.token_sha256.as_deref() {
+            None if client_cert_san.is_some() => Some(None),
             None => {
                 p.push(
                     key("token_sha256"),
-                    "is required (see `ark-gateway hash-token`)",
+                    "is required (see `ark-gateway hash-token`), unless client_cert_san identifies the tenant",
                 );
                 None
             }
@@ -462,7 +479,7 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
                             format!("is the same as tenant[{first}]'s: tokens must differ"),
                         );
                     }
-                    Some(hash)
+                    Some(Some(hash))
                 }
             },
         };
@@ -481,9 +498,7 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
                         Some(op) => set.insert(op),
                         None => p.push(
                             key("operations"),
-                            format!(
-                                "{op:?} is not one of \"create\", \"get\", \"list\", \"delete\""
-                            ),
+                            format!("{op:?} is not one of \"create\", \"get\", \"list\", \"delete\""),
                         ),
                     }
                 }
@@ -506,11 +521,11 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
         };
         let task_ids = validate_grants(p, &key("task_ids"), t.task_ids);
         let rate_limit = validate_rate_limit(p, &key("rate_limit"), t.rate_limit);
-        if let (Some(name), Some(token_sha256), Some(rate_limit)) = (name, token_sha256, rate_limit)
-        {
+        if let (Some(name), Some(token_sha256), Some(rate_limit)) = (name, token_sha256, rate_limit) {
             tenants.push(TenantConfig {
                 name,
                 token_sha256,
+                client_cert_san,
                 operations,
                 models,
                 task_ids,
@@ -540,14 +555,19 @@ fn validate_grants(p: &mut Problems, key: &str, raw: Vec<String>) -> TaskGrants 
                 "\"*\" alone would grant every task of every tenant; name ids or prefixes such as \"cgt-2025*\"",
             ),
             Some(prefix) if is_task_id(prefix) => grants.prefixes.push(prefix.to_string()),
-            Some(_) => p.push(key, format!("{entry:?}: a prefix grant is task-id characters followed by one '*'")),
+            Some(_) => p.push(
+                key,
+                format!("{entry:?}: a prefix grant is task-id characters followed by one '*'"),
+            ),
             None => match TaskId::parse(&entry) {
                 Some(id) => {
                     grants.exact.insert(id);
                 }
                 None => p.push(
                     key,
-                    format!("{entry:?} is not a task id (1-128 of letters, digits, '-', '_') or a prefix ending in '*'"),
+                    format!(
+                        "{entry:?} is not a task id (1-128 of letters, digits, '-', '_') or a prefix ending in '*'"
+                    ),
                 ),
             },
         }
@@ -555,11 +575,7 @@ fn validate_grants(p: &mut Problems, key: &str, raw: Vec<String>) -> TaskGrants 
     grants
 }
 
-fn validate_rate_limit(
-    p: &mut Problems,
-    key: &str,
-    raw: Option<RawRateLimit>,
-) -> Option<RateLimitConfig> {
+fn validate_rate_limit(p: &mut Problems, key: &str, raw: Option<RawRateLimit>) -> Option<RateLimitConfig> {
     let Some(raw) = raw else {
         p.push(key, "is required, e.g. { per_second = 5, burst = 10 }");
         return None;
@@ -607,10 +623,7 @@ mod tests {
         let shown = crate::config::Config::from_toml_str(text, &|_| None)
             .unwrap_err()
             .to_string();
-        assert!(
-            shown.contains("max_concurrent") || shown.contains("line 3"),
-            "{shown}"
-        );
+        assert!(shown.contains("max_concurrent") || shown.contains("line 3"), "{shown}");
         assert!(!shown.contains("sk-secret-2"), "{shown}");
     }
 

@@ -40,11 +40,7 @@ pub fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, rustls::E
             .enable_http2()
             .wrap_connector(http)
     } else {
-        builder
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http)
+        builder.https_only().enable_http1().enable_http2().wrap_connector(http)
     };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())

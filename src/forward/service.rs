@@ -11,9 +11,11 @@ use tokio::sync::Semaphore;
 use tower::Service;
 
 use super::UpstreamClient;
+use crate::admin::Health;
 use crate::audit::AuditNote;
 use crate::config::UpstreamConfig;
 use crate::hop::strip_hop_by_hop;
+use crate::metrics::Metrics;
 use crate::policy::UpstreamQuery;
 use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{Operation, TaskId, UPSTREAM_TASKS_PATH};
@@ -31,37 +33,28 @@ struct Shared {
     timeout: Duration,
     max_response_bytes: usize,
     slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl Forward {
-    pub fn new(client: UpstreamClient, config: &UpstreamConfig) -> Self {
+    pub fn new(client: UpstreamClient, config: &UpstreamConfig, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Self {
             client,
             shared: Arc::new(Shared {
-                base: config
-                    .base_url
-                    .to_string()
-                    .trim_end_matches('/')
-                    .to_string(),
+                base: config.base_url.to_string().trim_end_matches('/').to_string(),
                 timeout: config.timeout,
                 max_response_bytes: config.max_response_bytes,
                 slots: Arc::new(Semaphore::new(config.max_concurrent.get())),
+                metrics,
+                health,
             }),
         }
-    }
-
-    /// Requests to Ark in flight right now.
-    pub fn in_flight(&self, max_concurrent: usize) -> usize {
-        max_concurrent - self.shared.slots.available_permits()
     }
 }
 
 /// The upstream URL, built from the typed facts the policy attached.
-pub fn upstream_uri(
-    base: &str,
-    task_id: Option<&TaskId>,
-    query: Option<&UpstreamQuery>,
-) -> Result<Uri, http::Error> {
+pub fn upstream_uri(base: &str, task_id: Option<&TaskId>, query: Option<&UpstreamQuery>) -> Result<Uri, http::Error> {
     let mut url = String::with_capacity(base.len() + 64 + query.map_or(0, |q| q.0.len()));
     url.push_str(base);
     url.push_str(UPSTREAM_TASKS_PATH);
@@ -149,9 +142,32 @@ impl Service<Request<Bytes>> for Forward {
                     })?;
                 Ok::<_, GatewayError>((parts, body.to_bytes()))
             };
-            let (mut parts, body) = match tokio::time::timeout(shared.timeout, exchange).await {
-                Ok(result) => result?,
+            let started = std::time::Instant::now();
+            shared.metrics.upstream_started();
+            let outcome = tokio::time::timeout(shared.timeout, exchange).await;
+            let operation_label = operation.map(Operation::as_str);
+            let (mut parts, body) = match outcome {
+                Ok(Ok(answer)) => {
+                    shared.health.upstream_answered();
+                    shared
+                        .metrics
+                        .upstream_finished(operation_label, started.elapsed(), None);
+                    answer
+                }
+                Ok(Err(e)) => {
+                    let kind = match &e {
+                        GatewayError::UpstreamUnavailable { kind, .. } => kind.as_str(),
+                        _ => "other",
+                    };
+                    shared
+                        .metrics
+                        .upstream_finished(operation_label, started.elapsed(), Some(kind));
+                    return Err(e);
+                }
                 Err(_) => {
+                    shared
+                        .metrics
+                        .upstream_finished(operation_label, started.elapsed(), Some("timeout"));
                     tracing::warn!(timeout = ?shared.timeout, "upstream did not answer in time");
                     return Err(GatewayError::UpstreamTimeout {
                         fate_unknown: is_create,

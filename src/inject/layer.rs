@@ -1,16 +1,16 @@
 use tower::Layer;
 
 use super::InjectCredentialService;
-use crate::secret::ArkApiKey;
+use crate::runtime::SharedSnapshot;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InjectCredentialLayer {
-    key: ArkApiKey,
+    shared: SharedSnapshot,
 }
 
 impl InjectCredentialLayer {
-    pub fn new(key: ArkApiKey) -> Self {
-        Self { key }
+    pub fn new(shared: SharedSnapshot) -> Self {
+        Self { shared }
     }
 }
 
@@ -20,7 +20,7 @@ impl<S> Layer<S> for InjectCredentialLayer {
     fn layer(&self, inner: S) -> Self::Service {
         InjectCredentialService {
             inner,
-            key: self.key.clone(),
+            shared: self.shared.clone(),
         }
     }
 }

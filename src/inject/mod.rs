@@ -45,21 +45,12 @@ mod tests {
     #[test]
     fn tenant_credential_and_connection_headers_do_not_survive() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer tenant-token"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tenant-token"));
         h.insert(header::HOST, HeaderValue::from_static("gateway:8080"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("x-client-request-id"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-client-request-id"));
         h.insert("x-client-request-id", HeaderValue::from_static("abc"));
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::USER_AGENT, HeaderValue::from_static("ark-sdk"));
         outbound_headers(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
@@ -5,12 +6,12 @@ use http::Request;
 use tower::Service;
 
 use super::outbound_headers;
-use crate::secret::ArkApiKey;
+use crate::runtime::{SharedSnapshot, Snapshot};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InjectCredentialService<S> {
     pub(super) inner: S,
-    pub(super) key: ArkApiKey,
+    pub(super) shared: SharedSnapshot,
 }
 
 impl<S, B> Service<Request<B>> for InjectCredentialService<S>
@@ -26,9 +27,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The key of the request's own snapshot: a rotation mid-request never
+        // mixes generations, and a key is swapped whole or not at all.
+        let key = match req.extensions().get::<Arc<Snapshot>>() {
+            Some(snapshot) => snapshot.api_key.authorization_header(),
+            None => self.shared.load().api_key.authorization_header(),
+        };
         let headers = req.headers_mut();
         outbound_headers(headers);
-        headers.insert(AUTHORIZATION, self.key.authorization_header());
+        headers.insert(AUTHORIZATION, key);
         self.inner.call(req)
     }
 }

@@ -126,20 +126,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks a task cancelled or deleted.
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()>;
     /// The tenant's tasks created at or after `since_ms`, newest first, deleted ones left out.
-    fn owned_tasks<'a>(
-        &'a self,
-        tenant: &'a str,
-        since_ms: u64,
-    ) -> LedgerFuture<'a, Vec<OwnedTask>>;
+    fn owned_tasks<'a>(&'a self, tenant: &'a str, since_ms: u64) -> LedgerFuture<'a, Vec<OwnedTask>>;
     /// Every record, optionally of one tenant (for the admin CLI).
     fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>>;
     /// Gives existing tasks to a tenant (admin). Returns how many were written.
-    fn grant<'a>(
-        &'a self,
-        tenant: &'a str,
-        task_ids: &'a [String],
-        at_ms: u64,
-    ) -> LedgerFuture<'a, usize>;
+    fn grant<'a>(&'a self, tenant: &'a str, task_ids: &'a [String], at_ms: u64) -> LedgerFuture<'a, usize>;
     /// Removes tasks from the ledger (admin). Returns how many existed.
     fn revoke<'a>(&'a self, task_ids: &'a [String]) -> LedgerFuture<'a, usize>;
     /// Drops tasks created before `tasks_before_ms`, and idempotency keys and
@@ -155,7 +146,5 @@ pub fn now_ms() -> u64 {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use redb::backends::FileBackend;
 use redb::{
-    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
-    WriteTransaction,
+    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -22,8 +21,7 @@ use super::*;
 /// task id → [`TaskRecord`] (JSON).
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// (tenant, created_ms, task id) → [state, has_model, model…]: one range scan lists a tenant.
-const BY_TENANT: TableDefinition<(&str, u64, &str), &[u8]> =
-    TableDefinition::new("tasks_by_tenant");
+const BY_TENANT: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("tasks_by_tenant");
 /// (tenant, idempotency key) → [`KeyEntry`] (JSON).
 const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
 /// intent id → [`IntentEntry`] (JSON): creates forwarded and not yet settled.
@@ -158,8 +156,7 @@ impl RedbLedger {
     /// As [`Self::open`], with a fault switch on the underlying file.
     pub fn open_with_faults(path: &Path, faults: StoreFaults) -> Result<Self, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -222,9 +219,7 @@ impl RedbLedger {
             .send(WriteRequest { op, reply })
             .await
             .map_err(|_| unavailable("the ledger writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| unavailable("the ledger writer has stopped"))?
+        answer.await.map_err(|_| unavailable("the ledger writer has stopped"))?
     }
 }
 
@@ -313,11 +308,7 @@ fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerErr
         .map_err(unavailable)?;
     index
         .insert(
-            (
-                record.tenant.as_str(),
-                record.created_ms,
-                record.task_id.as_str(),
-            ),
+            (record.tenant.as_str(), record.created_ms, record.task_id.as_str()),
             index_value(record.state, record.model.as_deref()).as_slice(),
         )
         .map_err(unavailable)?;
@@ -351,9 +342,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
                     .get((intent.tenant.as_str(), key.as_str()))
                     .map_err(unavailable)?
                     .and_then(|v| serde_json::from_slice::<KeyEntry>(v.value()).ok());
-                let window_start = intent
-                    .at_ms
-                    .saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
+                let window_start = intent.at_ms.saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
                 if let Some(entry) = existing.filter(|e| e.at_ms >= window_start) {
                     return Ok(Outcome::Begin(match (entry.status, entry.task_id) {
                         (KeyStatus::Done, Some(task_id)) => BeginOutcome::Replay { task_id },
@@ -404,9 +393,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
                             .map_err(unavailable)?;
                     }
                     let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
-                    intents
-                        .remove(intent.intent_id.as_str())
-                        .map_err(unavailable)?;
+                    intents.remove(intent.intent_id.as_str()).map_err(unavailable)?;
                 }
             }
             Ok(Outcome::Unit)
@@ -520,9 +507,7 @@ fn settle(
         .map_err(unavailable)?;
     }
     let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
-    intents
-        .remove(intent.intent_id.as_str())
-        .map_err(unavailable)?;
+    intents.remove(intent.intent_id.as_str()).map_err(unavailable)?;
     Ok(())
 }
 
@@ -569,16 +554,10 @@ impl Ledger for RedbLedger {
     }
 
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()> {
-        Box::pin(
-            async move { expect_unit(self.write(Op::SetState(task_id.to_string(), state)).await?) },
-        )
+        Box::pin(async move { expect_unit(self.write(Op::SetState(task_id.to_string(), state)).await?) })
     }
 
-    fn owned_tasks<'a>(
-        &'a self,
-        tenant: &'a str,
-        since_ms: u64,
-    ) -> LedgerFuture<'a, Vec<OwnedTask>> {
+    fn owned_tasks<'a>(&'a self, tenant: &'a str, since_ms: u64) -> LedgerFuture<'a, Vec<OwnedTask>> {
         let result = (|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
@@ -618,20 +597,13 @@ impl Ledger for RedbLedger {
                     }
                 }
             }
-            out.sort_by(|a, b| {
-                (&a.tenant, a.created_ms, &a.task_id).cmp(&(&b.tenant, b.created_ms, &b.task_id))
-            });
+            out.sort_by(|a, b| (&a.tenant, a.created_ms, &a.task_id).cmp(&(&b.tenant, b.created_ms, &b.task_id)));
             Ok(out)
         })();
         Box::pin(std::future::ready(result))
     }
 
-    fn grant<'a>(
-        &'a self,
-        tenant: &'a str,
-        task_ids: &'a [String],
-        at_ms: u64,
-    ) -> LedgerFuture<'a, usize> {
+    fn grant<'a>(&'a self, tenant: &'a str, task_ids: &'a [String], at_ms: u64) -> LedgerFuture<'a, usize> {
         Box::pin(async move {
             expect_count(
                 self.write(Op::Grant(tenant.to_string(), task_ids.to_vec(), at_ms))
@@ -646,10 +618,7 @@ impl Ledger for RedbLedger {
 
     fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport> {
         Box::pin(async move {
-            match self
-                .write(Op::Sweep(tasks_before_ms, keys_before_ms))
-                .await?
-            {
+            match self.write(Op::Sweep(tasks_before_ms, keys_before_ms)).await? {
                 Outcome::Swept(report) => Ok(report),
                 _ => Err(unavailable("unexpected ledger outcome")),
             }

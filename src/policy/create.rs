@@ -14,12 +14,7 @@ use crate::tenant::Tenant;
 
 /// Reads at most `limit` bytes of body within `timeout`. A declared length over
 /// the limit is refused before a byte is read.
-pub async fn read_body<B>(
-    headers: &HeaderMap,
-    body: B,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, GatewayError>
+pub async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -34,9 +29,7 @@ where
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(GatewayError::ClientBodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(GatewayError::BodyTooLarge { limit })
-        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::BodyTooLarge { limit }),
         Ok(Err(_)) => Err(GatewayError::ClientBodyError),
     }
 }
@@ -80,11 +73,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayErr
     };
     let bytes = value.as_bytes();
     let visible = |b: &u8| b.is_ascii_graphic();
-    if values.next().is_some()
-        || bytes.is_empty()
-        || bytes.len() > 255
-        || !bytes.iter().all(visible)
-    {
+    if values.next().is_some() || bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(visible) {
         return Err(GatewayError::InvalidIdempotencyKey);
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))

@@ -2,18 +2,19 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{PolicyLimits, PolicyService};
+use super::PolicyService;
 use crate::ledger::Ledger;
+use crate::runtime::SharedSnapshot;
 
 #[derive(Clone)]
 pub struct PolicyLayer {
-    limits: PolicyLimits,
+    shared: SharedSnapshot,
     ledger: Arc<dyn Ledger>,
 }
 
 impl PolicyLayer {
-    pub fn new(limits: PolicyLimits, ledger: Arc<dyn Ledger>) -> Self {
-        Self { limits, ledger }
+    pub fn new(shared: SharedSnapshot, ledger: Arc<dyn Ledger>) -> Self {
+        Self { shared, ledger }
     }
 }
 
@@ -23,7 +24,7 @@ impl<S> Layer<S> for PolicyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         PolicyService {
             inner,
-            limits: self.limits,
+            shared: self.shared.clone(),
             ledger: self.ledger.clone(),
         }
     }

@@ -83,14 +83,8 @@ impl ListQuery {
         let Some(query) = query else { return Ok(q) };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
-                "page_num" => {
-                    set_once(&mut q.page_num, "page_num", parse_page(&value, "page_num")?)?
-                }
-                "page_size" => set_once(
-                    &mut q.page_size,
-                    "page_size",
-                    parse_page(&value, "page_size")?,
-                )?,
+                "page_num" => set_once(&mut q.page_num, "page_num", parse_page(&value, "page_num")?)?,
+                "page_size" => set_once(&mut q.page_size, "page_size", parse_page(&value, "page_size")?)?,
                 "filter.status" => {
                     let status = TaskStatus::parse(&value).ok_or_else(|| {
                         invalid(
@@ -100,30 +94,20 @@ impl ListQuery {
                     })?;
                     set_once(&mut q.status, "filter.status", status)?
                 }
-                "filter.model" => set_once(
-                    &mut q.model,
-                    "filter.model",
-                    filter_text(&value, "filter.model")?,
-                )?,
+                "filter.model" => set_once(&mut q.model, "filter.model", filter_text(&value, "filter.model")?)?,
                 "filter.service_tier" => set_once(
                     &mut q.service_tier,
                     "filter.service_tier",
                     filter_text(&value, "filter.service_tier")?,
                 )?,
                 "filter.task_ids" => {
-                    let id = TaskId::parse(&value)
-                        .ok_or_else(|| invalid("filter.task_ids", "not a task id"))?;
+                    let id = TaskId::parse(&value).ok_or_else(|| invalid("filter.task_ids", "not a task id"))?;
                     let ids = q.task_ids.get_or_insert_with(Vec::new);
                     if !ids.contains(&id) {
                         ids.push(id);
                     }
                 }
-                _ => {
-                    return Err(invalid(
-                        &key.chars().take(64).collect::<String>(),
-                        "unknown parameter",
-                    ))
-                }
+                _ => return Err(invalid(&key.chars().take(64).collect::<String>(), "unknown parameter")),
             }
         }
         Ok(q)
@@ -196,10 +180,7 @@ mod tests {
         assert_eq!(q.model.as_deref(), Some("m/1"));
         let ids: Vec<_> = q.task_ids.unwrap().iter().map(|i| i.to_string()).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!(
-            ListQuery::parse(None).unwrap().page_size(),
-            DEFAULT_PAGE_SIZE
-        );
+        assert_eq!(ListQuery::parse(None).unwrap().page_size(), DEFAULT_PAGE_SIZE);
     }
 
     #[test]

@@ -17,18 +17,18 @@ use super::list::IDS_PER_UPSTREAM_CALL;
 use super::{ListQuery, PolicyLimits, UpstreamQuery};
 use crate::audit::AuditNote;
 use crate::ledger::{
-    now_ms, BeginOutcome, CreateFate, CreateIntent, Ledger, TaskRecord, TaskSource, TaskState,
-    LIST_WINDOW,
+    now_ms, BeginOutcome, CreateFate, CreateIntent, Ledger, TaskRecord, TaskSource, TaskState, LIST_WINDOW,
 };
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{route, Operation, TaskId};
+use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
 pub struct PolicyService<S> {
     pub(super) inner: S,
-    pub(super) limits: PolicyLimits,
+    pub(super) shared: SharedSnapshot,
     pub(super) ledger: Arc<dyn Ledger>,
 }
 
@@ -36,26 +36,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The service the policy forwards to (credential injection + forwarding).
 trait Upstream:
-    Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send>
-    + Clone
-    + Send
-    + 'static
+    Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send> + Clone + Send + 'static
 {
 }
 impl<S> Upstream for S where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send>
-        + Clone
-        + Send
-        + 'static
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send> + Clone + Send + 'static
 {
 }
 
 impl<S, B> Service<Request<B>> for PolicyService<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -72,7 +63,11 @@ where
         // Keep the service that was polled ready; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(decide(inner, self.limits, self.ledger.clone(), req))
+        let limits = match req.extensions().get::<Arc<Snapshot>>() {
+            Some(snapshot) => snapshot.limits,
+            None => self.shared.load().limits,
+        };
+        Box::pin(decide(inner, limits, self.ledger.clone(), req))
     }
 }
 
@@ -93,11 +88,7 @@ where
         .get::<Tenant>()
         .cloned()
         .ok_or(GatewayError::UnknownCredential)?;
-    let note = req
-        .extensions()
-        .get::<AuditNote>()
-        .cloned()
-        .unwrap_or_default();
+    let note = req.extensions().get::<AuditNote>().cloned().unwrap_or_default();
     note.record(|facts| {
         facts.operation = Some(routed.operation);
         facts.task_id = routed.task_id.clone();
@@ -111,13 +102,7 @@ where
             authorize_task(&*ledger, &tenant, &id).await?;
             let (parts, _unread_body) = req.into_parts();
             inner
-                .oneshot(upstream_request(
-                    parts,
-                    operation,
-                    Some(id),
-                    None,
-                    Bytes::new(),
-                ))
+                .oneshot(upstream_request(parts, operation, Some(id), None, Bytes::new()))
                 .await
         }
         (Operation::Delete, Some(id)) => {
@@ -126,13 +111,7 @@ where
             let probe = copy_parts(&parts);
             let response = inner
                 .clone()
-                .oneshot(upstream_request(
-                    parts,
-                    operation,
-                    Some(id.clone()),
-                    None,
-                    Bytes::new(),
-                ))
+                .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
                 .await?;
             if response.status() == StatusCode::OK {
                 record_delete_outcome(inner, probe, &*ledger, &id).await;
@@ -141,13 +120,7 @@ where
         }
         (Operation::Create, _) => {
             let (parts, body) = req.into_parts();
-            let body = read_body(
-                &parts.headers,
-                body,
-                limits.max_body_bytes,
-                limits.request_timeout,
-            )
-            .await?;
+            let body = read_body(&parts.headers, body, limits.max_body_bytes, limits.request_timeout).await?;
             let model = check_create_body(&body, &tenant)?;
             create(inner, &*ledger, &tenant, &note, parts, body, model).await
         }
@@ -164,11 +137,7 @@ where
 /// A tenant may touch a task it was granted in the config or owns in the ledger.
 /// Static grants are checked first, so they work even while the ledger is down;
 /// anything else fails closed when the ledger cannot be read.
-async fn authorize_task(
-    ledger: &dyn Ledger,
-    tenant: &Tenant,
-    id: &TaskId,
-) -> Result<(), GatewayError> {
+async fn authorize_task(ledger: &dyn Ledger, tenant: &Tenant, id: &TaskId) -> Result<(), GatewayError> {
     if tenant.grants.allows(id) {
         return Ok(());
     }
@@ -247,9 +216,7 @@ async fn create<S: Upstream>(
         Err(e) => {
             let fate = match e {
                 GatewayError::UpstreamTimeout { fate_unknown: true }
-                | GatewayError::UpstreamUnavailable {
-                    fate_unknown: true, ..
-                } => CreateFate::Unknown,
+                | GatewayError::UpstreamUnavailable { fate_unknown: true, .. } => CreateFate::Unknown,
                 _ => CreateFate::Failed,
             };
             abandon(ledger, intent, fate).await;
@@ -257,11 +224,7 @@ async fn create<S: Upstream>(
         }
     };
     let (head, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let created = serde_json::from_slice::<CreatedTask>(&body)
         .ok()
         .and_then(|c| TaskId::parse(&c.id));
@@ -309,12 +272,7 @@ struct TaskStatusProbe {
 /// DELETE cancels a queued task and deletes a finished one, with the same `{}`
 /// answer. One GET afterwards tells which it was: a task that still exists is
 /// cancelled, one that is gone was deleted.
-async fn record_delete_outcome<S: Upstream>(
-    inner: S,
-    mut probe: Parts,
-    ledger: &dyn Ledger,
-    id: &TaskId,
-) {
+async fn record_delete_outcome<S: Upstream>(inner: S, mut probe: Parts, ledger: &dyn Ledger, id: &TaskId) {
     // The probe is the gateway's own request: it must not overwrite the
     // client's upstream status in the audit record.
     probe.extensions.remove::<AuditNote>();
@@ -331,12 +289,7 @@ async fn record_delete_outcome<S: Upstream>(
     {
         Ok(r) if r.status() == StatusCode::NOT_FOUND => Some(TaskState::Deleted),
         Ok(r) if r.status() == StatusCode::OK => {
-            let body = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             match serde_json::from_slice::<TaskStatusProbe>(&body) {
                 Ok(p) if p.status == "cancelled" => Some(TaskState::Cancelled),
                 _ => None,
@@ -375,13 +328,10 @@ async fn list_candidates(
     query: &ListQuery,
 ) -> Result<Vec<Candidate>, GatewayError> {
     let since = now_ms().saturating_sub(LIST_WINDOW.as_millis() as u64);
-    let owned = ledger
-        .owned_tasks(tenant.name.as_str(), since)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "ledger read failed; refusing list");
-            GatewayError::LedgerUnavailable
-        })?;
+    let owned = ledger.owned_tasks(tenant.name.as_str(), since).await.map_err(|e| {
+        tracing::error!(error = %e, "ledger read failed; refusing list");
+        GatewayError::LedgerUnavailable
+    })?;
     let mut candidates: Vec<Candidate> = owned
         .into_iter()
         .filter_map(|t| {
@@ -473,10 +423,9 @@ struct UpstreamPage {
 
 fn json_response(value: &serde_json::Value) -> GatewayResponse {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -501,8 +450,7 @@ async fn list<S: Upstream>(
     }
     if candidates.len() <= IDS_PER_UPSTREAM_CALL {
         let ids: Vec<TaskId> = candidates.into_iter().map(|c| c.id).collect();
-        let upstream =
-            UpstreamQuery(query.upstream_query(&ids, query.page_num(), query.page_size()));
+        let upstream = UpstreamQuery(query.upstream_query(&ids, query.page_num(), query.page_size()));
         return inner
             .oneshot(upstream_request(
                 parts,
@@ -531,27 +479,16 @@ async fn list<S: Upstream>(
         sort_newest_first(&mut items);
         let total = items.len();
         let page: Vec<_> = items.into_iter().skip(start).take(page_size).collect();
-        return Ok(json_response(
-            &serde_json::json!({"total": total, "items": page}),
-        ));
+        return Ok(json_response(&serde_json::json!({"total": total, "items": page})));
     }
 
     // Known to the ledger (and, with a model filter, of a known model): counted here.
-    let decidable =
-        |c: &Candidate| c.created_ms.is_some() && (query.model.is_none() || c.model.is_some());
-    let (local, remote): (Vec<Candidate>, Vec<Candidate>) =
-        candidates.into_iter().partition(decidable);
+    let decidable = |c: &Candidate| c.created_ms.is_some() && (query.model.is_none() || c.model.is_some());
+    let (local, remote): (Vec<Candidate>, Vec<Candidate>) = candidates.into_iter().partition(decidable);
     let remote_items = if remote.is_empty() {
         Vec::new()
     } else {
-        match fetch_items(
-            inner.clone(),
-            &parts,
-            query,
-            remote.into_iter().map(|c| c.id).collect(),
-        )
-        .await?
-        {
+        match fetch_items(inner.clone(), &parts, query, remote.into_iter().map(|c| c.id).collect()).await? {
             Ok(items) => items,
             Err(refusal) => return Ok(refusal),
         }
@@ -563,22 +500,14 @@ async fn list<S: Upstream>(
         .collect();
     for item in remote_items {
         let created_ms = item.get("created_at").and_then(|v| v.as_u64()).unwrap_or(0) * 1000;
-        if let Some(id) = item
-            .get("id")
-            .and_then(|v| v.as_str())
-            .and_then(TaskId::parse)
-        {
+        if let Some(id) = item.get("id").and_then(|v| v.as_str()).and_then(TaskId::parse) {
             merged.push((created_ms, id, Some(item)));
         }
     }
     merged.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
     let total = merged.len();
     let page: Vec<_> = merged.into_iter().skip(start).take(page_size).collect();
-    let missing: Vec<TaskId> = page
-        .iter()
-        .filter(|e| e.2.is_none())
-        .map(|e| e.1.clone())
-        .collect();
+    let missing: Vec<TaskId> = page.iter().filter(|e| e.2.is_none()).map(|e| e.1.clone()).collect();
     let mut fetched: HashMap<String, serde_json::Value> = HashMap::new();
     if !missing.is_empty() {
         let items = match fetch_items(inner, &parts, query, missing).await? {
@@ -597,9 +526,7 @@ async fn list<S: Upstream>(
         .into_iter()
         .filter_map(|(_, id, item)| item.or_else(|| fetched.remove(id.as_str())))
         .collect();
-    Ok(json_response(
-        &serde_json::json!({"total": total, "items": items}),
-    ))
+    Ok(json_response(&serde_json::json!({"total": total, "items": items})))
 }
 
 /// Asks Ark for `ids` (with the query's filters) in bounded chunks. The outer
@@ -613,13 +540,7 @@ async fn fetch_items<S: Upstream>(
     let mut items = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_UPSTREAM_CALL) {
         let upstream = UpstreamQuery(query.upstream_query(chunk, 1, chunk.len() as u32));
-        let request = upstream_request(
-            copy_parts(parts),
-            Operation::List,
-            None,
-            Some(upstream),
-            Bytes::new(),
-        );
+        let request = upstream_request(copy_parts(parts), Operation::List, None, Some(upstream), Bytes::new());
         let response = inner.clone().oneshot(request).await?;
         if response.status() != StatusCode::OK {
             return Ok(Err(response));
@@ -630,11 +551,10 @@ async fn fetch_items<S: Upstream>(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let page: UpstreamPage =
-            serde_json::from_slice(&body).map_err(|_| GatewayError::UpstreamUnavailable {
-                kind: UpstreamFailure::Protocol,
-                fate_unknown: false,
-            })?;
+        let page: UpstreamPage = serde_json::from_slice(&body).map_err(|_| GatewayError::UpstreamUnavailable {
+            kind: UpstreamFailure::Protocol,
+            fate_unknown: false,
+        })?;
         items.extend(page.items);
     }
     Ok(Ok(items))

@@ -32,9 +32,7 @@ where
         };
         match tenant.limiter.check() {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(retry_after) => {
-                Either::Left(ready(Err(GatewayError::TenantRateLimited { retry_after })))
-            }
+            Err(retry_after) => Either::Left(ready(Err(GatewayError::TenantRateLimited { retry_after }))),
         }
     }
 }

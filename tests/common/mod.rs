@@ -3,6 +3,8 @@
 //! and the audit records of a finished run.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,6 +79,9 @@ listen = "127.0.0.1:0"
 max_body_bytes = 4096
 request_timeout = "5s"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [upstream]
 base_url = "{base_url}"
 api_key_env = "TEST_ARK_KEY"
@@ -97,9 +102,12 @@ path = "{audit}"
     )
 }
 
+pub fn test_env(name: &str) -> Option<String> {
+    (name == "TEST_ARK_KEY").then(|| UPSTREAM_KEY.to_string())
+}
+
 pub fn parse_config(text: &str) -> Config {
-    let env = |name: &str| (name == "TEST_ARK_KEY").then(|| UPSTREAM_KEY.to_string());
-    Config::from_toml_str(text, &env).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"))
+    Config::from_toml_str(text, &test_env).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"))
 }
 
 pub struct Options {
@@ -131,6 +139,7 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub faults: StoreFaults,
     pub config_text: String,
+    pub admin_addr: SocketAddr,
 }
 
 pub struct Reply {
@@ -158,18 +167,13 @@ impl Reply {
 
     /// The Ark error code of a gateway or Ark error.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
     }
 }
 
 /// Sends raw bytes and reads the whole answer (the request must close the connection).
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the gateway");
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the gateway");
     stream.write_all(raw).await.expect("write the request");
     let mut buf = Vec::new();
     let _ = stream.read_to_end(&mut buf).await;
@@ -180,20 +184,11 @@ pub fn parse_reply(buf: &[u8]) -> Reply {
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| {
-            panic!(
-                "no complete response head in {:?}",
-                String::from_utf8_lossy(buf)
-            )
-        });
+        .unwrap_or_else(|| panic!("no complete response head in {:?}", String::from_utf8_lossy(buf)));
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -206,13 +201,7 @@ pub fn parse_reply(buf: &[u8]) -> Reply {
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
+pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
@@ -236,12 +225,7 @@ impl TestEnv {
         let mock = MockUpstream::start(mock_listener, options.mock).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let base_url = options.base_url.unwrap_or_else(|| mock.base_url());
-        let config_text = config_text(
-            &base_url,
-            dir.path(),
-            &options.upstream_extra,
-            &options.tenants,
-        );
+        let config_text = config_text(&base_url, dir.path(), &options.upstream_extra, &options.tenants);
         let faults = StoreFaults::default();
         let mut env = TestEnv {
             mock,
@@ -250,9 +234,24 @@ impl TestEnv {
             dir,
             faults,
             config_text,
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
         };
         env.start_gateway().await;
         env
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// Replaces the config file (a reload picks it up).
+    pub fn write_config(&mut self, text: String) {
+        self.config_text = text;
+        std::fs::write(self.config_path(), &self.config_text).unwrap();
+    }
+
+    pub fn gateway(&self) -> &RunningGateway {
+        self.gateway.as_ref().expect("the gateway is running")
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -260,6 +259,7 @@ impl TestEnv {
     }
 
     pub async fn start_gateway(&mut self) {
+        std::fs::write(self.config_path(), &self.config_text).unwrap();
         let config = parse_config(&self.config_text);
         let AuditSinkConfig::File(audit_path) = &config.audit.sink else {
             unreachable!()
@@ -267,14 +267,19 @@ impl TestEnv {
         let audit = AuditSink::start(&AuditSinkConfig::File(audit_path.clone())).unwrap();
         let ledger = RedbLedger::open_with_faults(&config.store.path, self.faults.clone()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = start_with(GatewayParts {
             config,
             listener,
+            admin_listener: Some(admin_listener),
             audit,
             ledger: Arc::new(ledger),
+            config_path: Some(self.config_path()),
+            env: Arc::new(test_env),
         })
         .unwrap();
         self.addr = gateway.addr();
+        self.admin_addr = gateway.admin_addr().unwrap();
         self.gateway = Some(gateway);
     }
 
@@ -291,32 +296,17 @@ impl TestEnv {
         self.start_gateway().await;
     }
 
-    pub async fn call(
-        &self,
-        method: &str,
-        target: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> Reply {
+    pub async fn call(&self, method: &str, target: &str, token: Option<&str>, body: Option<&str>) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(auth) = &auth {
             headers.push(("Authorization", auth.as_str()));
         }
-        request(
-            self.addr,
-            method,
-            target,
-            &headers,
-            body.unwrap_or("").as_bytes(),
-        )
-        .await
+        request(self.addr, method, target, &headers, body.unwrap_or("").as_bytes()).await
     }
 
     pub async fn create(&self, token: &str) -> String {
-        let reply = self
-            .call("POST", TASKS, Some(token), Some(CREATE_BODY))
-            .await;
+        let reply = self.call("POST", TASKS, Some(token), Some(CREATE_BODY)).await;
         assert_eq!(reply.status, 200, "create: {}", reply.text());
         reply.json()["id"].as_str().unwrap().to_string()
     }

@@ -101,6 +101,9 @@ def gateway(mock_upstream, tmp_path_factory):
 [server]
 listen = "127.0.0.1:0"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [upstream]
 base_url = "{mock_upstream}"
 api_key_env = "SDK_TEST_ARK_KEY"
@@ -120,7 +123,7 @@ path = "{work / 'audit.jsonl'}"
         + tenant("limited", limit="{ per_minute = 1, burst = 1 }")
     )
     proc = Process([BIN, "run", "--config", str(config)], env={"SDK_TEST_ARK_KEY": UPSTREAM_KEY}, ready_marker="tenant listener ready")
-    addr = proc.ready_line.split("addr=")[1].strip()
+    addr = proc.ready_line.split("addr=")[1].split()[0]
     yield {"base_url": f"http://{addr}/api/v3", "process": proc, "audit": work / "audit.jsonl"}
     assert proc.stop() == 0, "the gateway must drain and exit 0 on SIGTERM"
     assert UPSTREAM_KEY not in "".join(proc.lines["stderr"]), "the Ark key reached the gateway's log"

@@ -1,0 +1,206 @@
+//! Prometheus metrics (prometheus-client). Labels are a fixed, small set:
+//! tenant names from the config, operations, decisions, status codes and
+//! failure kinds. No label ever carries a token, a key or a task id.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    operation: &'static str,
+    decision: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
+    rate_limited: Family<TenantLabel, Counter>,
+    upstream_in_flight: Gauge,
+    upstream_errors: Family<KindLabel, Counter>,
+    ledger_tasks: Gauge<i64, AtomicI64>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ark_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by tenant, operation, decision and status",
+            requests.clone(),
+        );
+        let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Whole-request latency as the gateway saw it",
+            request_duration.clone(),
+        );
+        let upstream_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Latency of the upstream (Ark) exchange",
+            upstream_duration.clone(),
+        );
+        let rate_limited = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a tenant's rate limit",
+            rate_limited.clone(),
+        );
+        let upstream_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Requests in flight to Ark",
+            upstream_in_flight.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges by kind",
+            upstream_errors.clone(),
+        );
+        let ledger_tasks = Gauge::<i64, AtomicI64>::default();
+        registry.register("ledger_tasks", "Ownership records in the ledger", ledger_tasks.clone());
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "Build information", build.clone());
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            rate_limited,
+            upstream_in_flight,
+            upstream_errors,
+            ledger_tasks,
+            reloads,
+        }
+    }
+
+    /// One finished request (called once per request, by the audit layer).
+    pub fn request(
+        &self,
+        tenant: Option<&str>,
+        operation: Option<&'static str>,
+        allowed: bool,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let operation = operation.unwrap_or("none");
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.unwrap_or("-").to_string(),
+                operation,
+                decision: if allowed { "allow" } else { "deny" },
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&OperationLabel { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limited(&self, tenant: &str) {
+        self.rate_limited
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_started(&self) {
+        self.upstream_in_flight.inc();
+    }
+
+    pub fn upstream_finished(&self, operation: Option<&'static str>, elapsed: Duration, error: Option<&'static str>) {
+        self.upstream_in_flight.dec();
+        self.upstream_duration
+            .get_or_create(&OperationLabel {
+                operation: operation.unwrap_or("none"),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+        }
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    pub fn set_ledger_tasks(&self, n: u64) {
+        self.ledger_tasks.set(n.min(i64::MAX as u64) as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

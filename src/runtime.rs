@@ -1,0 +1,179 @@
+//! What a reload can change, swapped atomically (arc-swap): tenants, grants,
+//! limits, models, the Ark key and the request limits. Each request takes one
+//! [`Snapshot`] when it is authenticated and keeps it to the end, so an
+//! in-flight request finishes under the configuration it started with and a
+//! key rotation never sends a half-read key.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::policy::PolicyLimits;
+use crate::secret::ArkApiKey;
+use crate::tenant::TenantDirectory;
+
+/// One generation of the reloadable configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub tenants: TenantDirectory,
+    pub api_key: ArkApiKey,
+    pub limits: PolicyLimits,
+    pub generation: u64,
+}
+
+impl Snapshot {
+    pub fn from_config(config: &Config, previous: Option<&Snapshot>) -> Self {
+        let empty = TenantDirectory::default();
+        Self {
+            tenants: TenantDirectory::from_config_reusing(&config.tenants, previous.map_or(&empty, |p| &p.tenants)),
+            api_key: config.upstream.api_key.clone(),
+            limits: PolicyLimits {
+                max_body_bytes: config.server.max_body_bytes,
+                request_timeout: config.server.request_timeout,
+            },
+            generation: previous.map_or(1, |p| p.generation + 1),
+        }
+    }
+}
+
+/// The live configuration, shared by the layers that read it.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Environment lookup usable from a background task.
+pub type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Re-reads the config file and swaps the snapshot if, and only if, it is valid.
+pub struct Reloader {
+    path: PathBuf,
+    env: SharedEnv,
+    shared: SharedSnapshot,
+    /// The config the process started with, to warn about settings a reload cannot change.
+    started_with: Config,
+    metrics: Arc<Metrics>,
+    /// Fingerprints of the files as last loaded (by SIGHUP, the watcher or at
+    /// start), so the watcher reloads exactly when the files differ from the
+    /// running configuration.
+    loaded: Mutex<Vec<Option<[u8; 32]>>>,
+}
+
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    files
+        .iter()
+        .map(|f| std::fs::read(f).ok().map(|bytes| crate::tenant::token_sha256(&bytes)))
+        .collect()
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        env: SharedEnv,
+        shared: SharedSnapshot,
+        started_with: Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reloader = Self {
+            path,
+            env,
+            shared,
+            started_with,
+            metrics,
+            loaded: Mutex::new(Vec::new()),
+        };
+        *reloader.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&reloader.watched_files());
+        reloader
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads, validates and swaps. An invalid file is rejected with the same
+    /// messages as `check`, and the running configuration stays.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        // Recorded before reading, so a failed attempt is not retried until the files change again.
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&self.watched_files());
+        let env = self.env.clone();
+        let config = match Config::load_with_env(&self.path, &move |name| env(name)) {
+            Ok(config) => config,
+            Err(e) => {
+                self.metrics.config_reload(false);
+                for problem in &e.problems {
+                    tracing::error!(problem = %problem, "config reload rejected; the running config stays");
+                }
+                return Err(e);
+            }
+        };
+        for setting in self.restart_only_changes(&config) {
+            tracing::warn!(setting, "changed in the file, but only takes effect after a restart");
+        }
+        let previous = self.shared.load();
+        let next = Arc::new(Snapshot::from_config(&config, Some(&previous)));
+        let generation = next.generation;
+        self.shared.store(next);
+        self.metrics.config_reload(true);
+        tracing::info!(generation, tenants = config.tenants.len(), "config reloaded");
+        Ok(generation)
+    }
+
+    fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let old = &self.started_with;
+        let mut changed = Vec::new();
+        if old.server.listen != new.server.listen {
+            changed.push("server.listen");
+        }
+        if old.server.tls.is_some() != new.server.tls.is_some() {
+            changed.push("server.tls");
+        }
+        if old.admin.listen != new.admin.listen {
+            changed.push("admin.listen");
+        }
+        if old.upstream.base_url != new.upstream.base_url
+            || old.upstream.timeout != new.upstream.timeout
+            || old.upstream.connect_timeout != new.upstream.connect_timeout
+            || old.upstream.max_concurrent != new.upstream.max_concurrent
+        {
+            changed.push("upstream (other than the key)");
+        }
+        if old.store.path != new.store.path {
+            changed.push("store.path");
+        }
+        if old.audit.sink != new.audit.sink {
+            changed.push("audit.sink");
+        }
+        changed
+    }
+
+    /// Files whose change triggers a reload: the config, and the key file if any.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            if let Ok(raw) = toml::from_str::<crate::config::raw::RawConfig>(&text) {
+                if let Some(key_file) = raw.upstream.api_key_file {
+                    files.push(PathBuf::from(key_file));
+                }
+            }
+        }
+        files
+    }
+
+    /// Polls the watched files' contents and reloads when they differ from
+    /// what was last loaded. Content, not mtime, is compared: Kubernetes swaps
+    /// ConfigMaps through symlinks, and editors may keep the mtime.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = fingerprint(&self.watched_files());
+            let changed = now != *self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            if changed {
+                tracing::info!("config or key file changed on disk");
+                let _ = self.reload();
+            }
+        }
+    }
+}
