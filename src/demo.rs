@@ -48,7 +48,7 @@ pub async fn start(listen: SocketAddr) -> Result<(MockUpstream, RunningGateway),
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| DemoError::Bind(listen, e))?;
-    let audit = AuditSink::start(&config.audit.sink).map_err(StartError::Audit)?;
+    let audit = AuditSink::start(&config.audit).map_err(StartError::Audit)?;
     let ledger = Arc::new(RedbLedger::open(&config.store.path).map_err(StartError::Ledger)?);
     let gateway = start_with(GatewayParts {
         config,

@@ -82,7 +82,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     };
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
-    let audit = AuditSink::start(&config.audit.sink).map_err(StartError::Audit)?;
+    let audit = AuditSink::start(&config.audit).map_err(StartError::Audit)?;
     start_with(GatewayParts {
         config,
         listener,
@@ -126,6 +126,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     let service = stack::build(StackParts {
         shared: shared.clone(),
         audit,
+        on_audit_failure: config.audit.on_failure,
         metrics: metrics.clone(),
         ledger: ledger.clone(),
         forward: Forward::new(client, &config.upstream, metrics.clone(), health.clone()),

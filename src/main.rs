@@ -61,11 +61,53 @@ enum Command {
         #[command(subcommand)]
         action: TasksAction,
     },
+    /// Check audit files' hash chain; report the first changed, removed or reordered record.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Start the mock upstream and the gateway with two demo tenants.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Verify one chain spread over FILES, oldest first (rotated files, then the current one).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn audit_command(action: AuditAction) -> ExitCode {
+    let AuditAction::Verify { files } = action;
+    let mut readers: Vec<(String, Box<dyn std::io::BufRead>)> = Vec::new();
+    for path in &files {
+        match std::fs::File::open(path) {
+            Ok(f) => readers.push((path.display().to_string(), Box::new(std::io::BufReader::new(f)))),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match ark_gateway::audit::chain::verify_files(readers) {
+        Ok(finding @ ark_gateway::audit::chain::Finding::Intact { .. }) => {
+            println!("{finding}");
+            ExitCode::SUCCESS
+        }
+        Ok(finding) => {
+            println!("{finding}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cannot read the audit files: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -283,6 +325,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Tasks { config, action } => tasks_command(&config, action),
+        Command::Audit { action } => audit_command(action),
         Command::Demo { listen } => {
             init_logging();
             runtime().block_on(async {

@@ -9,6 +9,7 @@ use http_body::Body;
 use tower::{Service, ServiceBuilder};
 
 use crate::audit::{AuditLayer, AuditSink};
+use crate::config::OnAuditFailure;
 use crate::auth::AuthLayer;
 use crate::forward::Forward;
 use crate::inject::InjectCredentialLayer;
@@ -25,6 +26,7 @@ pub struct StackParts {
     /// The reloadable configuration (tenants, key, limits).
     pub shared: SharedSnapshot,
     pub audit: AuditSink,
+    pub on_audit_failure: OnAuditFailure,
     pub metrics: Arc<Metrics>,
     pub ledger: Arc<dyn Ledger>,
     pub forward: Forward,
@@ -48,7 +50,7 @@ where
         .layer(RescueLayer)
         // 3. Audit (and request metrics) wrap everything that can decide, so
         //    denied, failed and forwarded requests all produce exactly one record.
-        .layer(AuditLayer::new(parts.audit, parts.metrics))
+        .layer(AuditLayer::new(parts.audit, parts.metrics, parts.on_audit_failure))
         // 4. Authenticate before anything costs work; takes the request's
         //    configuration snapshot; strips the tenant token.
         .layer(AuthLayer::new(parts.shared.clone()))

@@ -3,17 +3,23 @@ use std::sync::Arc;
 use tower::Layer;
 
 use super::{AuditService, AuditSink};
+use crate::config::OnAuditFailure;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct AuditLayer {
     sink: AuditSink,
     metrics: Arc<Metrics>,
+    on_failure: OnAuditFailure,
 }
 
 impl AuditLayer {
-    pub fn new(sink: AuditSink, metrics: Arc<Metrics>) -> Self {
-        Self { sink, metrics }
+    pub fn new(sink: AuditSink, metrics: Arc<Metrics>, on_failure: OnAuditFailure) -> Self {
+        Self {
+            sink,
+            metrics,
+            on_failure,
+        }
     }
 }
 
@@ -25,6 +31,7 @@ impl<S> Layer<S> for AuditLayer {
             inner,
             sink: self.sink.clone(),
             metrics: self.metrics.clone(),
+            on_failure: self.on_failure,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! learn (tenant, operation, task id, upstream status) to the request's
 //! [`AuditNote`]; the layer turns note + outcome into one [`AuditRecord`].
 
+pub mod chain;
 mod layer;
 mod note;
 mod record;
@@ -16,4 +17,4 @@ pub use layer::AuditLayer;
 pub use note::{AuditFacts, AuditNote};
 pub use record::{AuditRecord, Decision};
 pub use service::AuditService;
-pub use sink::{AuditSink, AuditWriter};
+pub use sink::{AuditSink, AuditWriteError, AuditWriter};

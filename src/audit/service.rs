@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use http::Request;
+use futures_util::future::Either;
+use http::{Method, Request};
 use tower::Service;
 
 use super::{AuditNote, AuditRecord, AuditSink, Decision};
+use crate::config::OnAuditFailure;
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
@@ -21,6 +23,7 @@ pub struct AuditService<S> {
     pub(super) inner: S,
     pub(super) sink: AuditSink,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) on_failure: OnAuditFailure,
 }
 
 impl<S, B> Service<Request<B>> for AuditService<S>
@@ -54,7 +57,16 @@ where
             .map(|v| v.chars().take(MAX_CLIENT_REQUEST_ID).collect());
         let sink = self.sink.clone();
         let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
+        // While the trail cannot be written, calls that change anything are
+        // refused before they run (and reads follow `audit.on_failure`): an
+        // action nobody can audit must not happen.
+        let refuse = !self.sink.healthy()
+            && (matches!(*req.method(), Method::POST | Method::DELETE) || self.on_failure == OnAuditFailure::Deny);
+        let fut = if refuse {
+            Either::Left(std::future::ready(Err(GatewayError::AuditUnavailable)))
+        } else {
+            Either::Right(self.inner.call(req))
+        };
         Box::pin(async move {
             let result = fut.await;
             let facts = note.facts();
@@ -100,11 +112,11 @@ where
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 remote_addr,
             };
-            // The record is queued before the client sees the response.
-            if sink.write(record).await.is_err() {
-                tracing::error!("audit writer stopped; refusing to answer unaudited");
-                return Err(GatewayError::AuditUnavailable);
-            }
+            // The record is written (in the kernel) before the client sees the
+            // response. If it cannot be, the action has already happened: the
+            // answer goes out, the record went to the diagnostic log, and the
+            // next mutating call fails closed.
+            let _ = sink.write(record).await;
             result
         })
     }

@@ -105,6 +105,37 @@ pub enum AuditSinkConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub sink: AuditSinkConfig,
+    pub fsync: FsyncPolicy,
+    /// Rotate the file when it reaches this size (the chain continues in the new file).
+    pub rotate_bytes: Option<u64>,
+    /// What reads do while the sink cannot be written (mutating calls always fail closed).
+    pub on_failure: OnAuditFailure,
+}
+
+/// When audit records reach the disk (they always reach the kernel before the response is sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync before the responses of each written batch are released.
+    Always,
+    /// fdatasync at most this often (and at rotation and shutdown).
+    Interval(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAuditFailure {
+    Deny,
+    Allow,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSinkConfig::Stdout,
+            fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+            rotate_bytes: None,
+            on_failure: OnAuditFailure::Deny,
+        }
+    }
 }
 
 /// A tenant's name: 1 to 64 of `[A-Za-z0-9._-]`, safe in logs and metric labels.

@@ -71,6 +71,10 @@ pub struct RawStore {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub sink: Option<String>,
+    pub fsync: Option<String>,
+    pub fsync_interval: Option<String>,
+    pub rotate_bytes: Option<i64>,
+    pub on_failure: Option<String>,
     pub path: Option<String>,
 }
 

@@ -213,6 +213,30 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
                 AuditSinkConfig::Stdout
             }
         },
+        fsync: match raw.audit.fsync.as_deref().unwrap_or("interval") {
+            "always" => FsyncPolicy::Always,
+            "interval" => FsyncPolicy::Interval(p.duration(
+                "audit.fsync_interval",
+                raw.audit.fsync_interval.as_deref(),
+                "1s",
+            )),
+            other => {
+                p.push("audit.fsync", format!("{other:?} is not one of \"always\", \"interval\""));
+                FsyncPolicy::Always
+            }
+        },
+        rotate_bytes: raw
+            .audit
+            .rotate_bytes
+            .map(|n| p.positive("audit.rotate_bytes", Some(n), 0, i64::MAX) as u64),
+        on_failure: match raw.audit.on_failure.as_deref().unwrap_or("deny") {
+            "deny" => OnAuditFailure::Deny,
+            "allow" => OnAuditFailure::Allow,
+            other => {
+                p.push("audit.on_failure", format!("{other:?} is not one of \"deny\", \"allow\""));
+                OnAuditFailure::Deny
+            }
+        },
     };
 
     let tenants = validate_tenants(&mut p, raw.tenants);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ark_gateway::audit::{AuditRecord, AuditSink};
-use ark_gateway::config::{AuditSinkConfig, Config};
+use ark_gateway::config::Config;
 use ark_gateway::gateway::{start_with, GatewayParts, RunningGateway};
 use ark_gateway::ledger::{RedbLedger, StoreFaults};
 use ark_gateway::mock_upstream::{MockOptions, MockUpstream, ReceivedRequest};
@@ -261,10 +261,7 @@ impl TestEnv {
     pub async fn start_gateway(&mut self) {
         std::fs::write(self.config_path(), &self.config_text).unwrap();
         let config = parse_config(&self.config_text);
-        let AuditSinkConfig::File(audit_path) = &config.audit.sink else {
-            unreachable!()
-        };
-        let audit = AuditSink::start(&AuditSinkConfig::File(audit_path.clone())).unwrap();
+        let audit = AuditSink::start(&config.audit).unwrap();
         let ledger = RedbLedger::open_with_faults(&config.store.path, self.faults.clone()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
