@@ -9,8 +9,8 @@ use http_body::Body;
 use tower::{Service, ServiceBuilder};
 
 use crate::audit::{AuditLayer, AuditSink};
-use crate::config::OnAuditFailure;
 use crate::auth::AuthLayer;
+use crate::config::OnAuditFailure;
 use crate::forward::Forward;
 use crate::inject::InjectCredentialLayer;
 use crate::ledger::Ledger;

@@ -151,6 +151,11 @@ async fn a_whole_session_never_shows_the_key_anywhere() {
     }
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 403, 401, 401, 403, 404, 404, 200, 400]);
+    let metrics = request(gateway.admin_addr.unwrap(), "GET", "/metrics", &[], b"").await;
+    assert!(metrics.text().contains("ark_gateway_requests_total"));
+    assert!(!metrics.text().contains(CANARY), "the key is in the metrics");
+    let ready = request(gateway.admin_addr.unwrap(), "GET", "/readyz", &[], b"").await;
+    assert!(!ready.text().contains(CANARY));
     gateway.signal("TERM");
     let (code, stdout, stderr) = gateway.wait();
     assert_eq!(code, Some(0), "SIGTERM drains and exits 0:\n{stderr}");

@@ -24,6 +24,9 @@ enum Mode {
     StallBody,
     /// A well-formed answer with this status and body.
     Answer(u16, &'static str, &'static str),
+    /// Close the connection after reading the request (an idle keep-alive
+    /// closed by the server as the request arrives), then answer from now on.
+    CloseOnceThenAnswer(&'static str),
 }
 
 /// A raw upstream whose behaviour a test switches; it reports each request it reads.
@@ -69,8 +72,16 @@ impl ScriptedUpstream {
                         .unwrap_or_default()
                         .to_string();
                     let _ = tx.send(head);
-                    let current = *mode.lock().unwrap();
+                    let current = {
+                        let mut mode = mode.lock().unwrap();
+                        let current = *mode;
+                        if let Mode::CloseOnceThenAnswer(body) = current {
+                            *mode = Mode::Answer(200, "", body);
+                        }
+                        current
+                    };
                     match current {
+                        Mode::CloseOnceThenAnswer(_) => drop(stream),
                         Mode::Hang => std::future::pending::<()>().await,
                         Mode::Garbage => {
                             let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.0\r\n\r\n").await;
@@ -236,4 +247,26 @@ async fn the_global_in_flight_limit_refuses_instead_of_queueing() {
         "the refused request reached the upstream"
     );
     first.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_survives_a_closed_pooled_connection_but_a_create_is_never_resent() {
+    let mut upstream = ScriptedUpstream::start(Mode::CloseOnceThenAnswer(OK_TASK)).await;
+    let env = env_for(upstream.base_url(), "").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 200, "the read was not retried: {}", reply.text());
+    assert_eq!(upstream.seen.recv().await.unwrap().split(' ').next(), Some("GET"));
+    assert_eq!(upstream.seen.recv().await.unwrap().split(' ').next(), Some("GET"));
+
+    upstream.set(Mode::CloseOnceThenAnswer(r#"{"id":"cgt-created-1"}"#));
+    let create = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
+    assert_eq!(create.status, 502);
+    assert_eq!(create.header("x-should-retry"), Some("false"));
+    assert_eq!(upstream.seen.recv().await.unwrap().split(' ').next(), Some("POST"));
+    assert!(upstream.seen.try_recv().is_err(), "the create was sent twice");
+    let metrics = request(env.admin_addr, "GET", "/metrics", &[], b"").await.text();
+    assert!(
+        metrics.contains("ark_gateway_upstream_in_flight 0"),
+        "a connection slot leaked:\n{metrics}"
+    );
 }

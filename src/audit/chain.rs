@@ -76,9 +76,18 @@ pub fn head_of(text: &str) -> Option<ChainHead> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     /// The whole chain holds.
-    Intact { records: u64, head: ChainHead, starts_after: Option<u64> },
+    Intact {
+        records: u64,
+        head: ChainHead,
+        starts_after: Option<u64>,
+    },
     /// The first record that does not fit, and how.
-    Broken { file: String, line: usize, seq: Option<u64>, problem: Problem },
+    Broken {
+        file: String,
+        line: usize,
+        seq: Option<u64>,
+        problem: Problem,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,14 +101,30 @@ pub enum Problem {
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Finding::Intact { records, head, starts_after } => {
-                write!(f, "ok: {records} records, chain intact, last seq {} hash {}", head.seq, head.hash)?;
+            Finding::Intact {
+                records,
+                head,
+                starts_after,
+            } => {
+                write!(
+                    f,
+                    "ok: {records} records, chain intact, last seq {} hash {}",
+                    head.seq, head.hash
+                )?;
                 if let Some(seq) = starts_after {
-                    write!(f, " (continues a chain whose earlier records, up to seq {seq}, are in older files)")?;
+                    write!(
+                        f,
+                        " (continues a chain whose earlier records, up to seq {seq}, are in older files)"
+                    )?;
                 }
                 Ok(())
             }
-            Finding::Broken { file, line, seq, problem } => {
+            Finding::Broken {
+                file,
+                line,
+                seq,
+                problem,
+            } => {
                 let at = match seq {
                     Some(seq) => format!("{file}:{line} (seq {seq})"),
                     None => format!("{file}:{line}"),
@@ -108,10 +133,16 @@ impl fmt::Display for Finding {
                     Problem::NotARecord => write!(f, "{at}: not an audit record (truncated or edited)"),
                     Problem::Changed => write!(f, "{at}: record was changed"),
                     Problem::Removed { expected_seq } => {
-                        write!(f, "{at}: records were removed before this one (expected seq {expected_seq})")
+                        write!(
+                            f,
+                            "{at}: records were removed before this one (expected seq {expected_seq})"
+                        )
                     }
                     Problem::Reordered { expected_seq } => {
-                        write!(f, "{at}: records were reordered or duplicated (expected seq {expected_seq})")
+                        write!(
+                            f,
+                            "{at}: records were reordered or duplicated (expected seq {expected_seq})"
+                        )
                     }
                 }
             }
@@ -197,14 +228,22 @@ mod tests {
 
     fn check(lines: &[String]) -> Finding {
         let text = lines.concat();
-        verify_files(vec![("audit.jsonl".into(), Box::new(std::io::Cursor::new(text.into_bytes())))]).unwrap()
+        verify_files(vec![(
+            "audit.jsonl".into(),
+            Box::new(std::io::Cursor::new(text.into_bytes())),
+        )])
+        .unwrap()
     }
 
     #[test]
     fn an_untouched_chain_verifies() {
         let lines = chain(5);
         match check(&lines) {
-            Finding::Intact { records, head, starts_after } => {
+            Finding::Intact {
+                records,
+                head,
+                starts_after,
+            } => {
                 assert_eq!((records, head.seq, starts_after), (5, 5, None));
             }
             other => panic!("{other}"),
@@ -216,26 +255,58 @@ mod tests {
     fn changes_removals_and_reorders_are_found_at_the_first_bad_record() {
         let mut changed = chain(5);
         changed[2] = changed[2].replace("\"status\":200", "\"status\":403");
-        assert!(matches!(check(&changed), Finding::Broken { line: 3, problem: Problem::Changed, .. }));
+        assert!(matches!(
+            check(&changed),
+            Finding::Broken {
+                line: 3,
+                problem: Problem::Changed,
+                ..
+            }
+        ));
 
         let mut removed = chain(5);
         removed.remove(1);
         assert!(matches!(
             check(&removed),
-            Finding::Broken { line: 2, problem: Problem::Removed { expected_seq: 2 }, .. }
+            Finding::Broken {
+                line: 2,
+                problem: Problem::Removed { expected_seq: 2 },
+                ..
+            }
         ));
 
         let mut reordered = chain(5);
         reordered.swap(2, 3);
-        assert!(matches!(check(&reordered), Finding::Broken { line: 3, problem: Problem::Removed { .. }, .. }));
+        assert!(matches!(
+            check(&reordered),
+            Finding::Broken {
+                line: 3,
+                problem: Problem::Removed { .. },
+                ..
+            }
+        ));
         let mut duplicated = chain(3);
         duplicated.push(duplicated[1].clone());
-        assert!(matches!(check(&duplicated), Finding::Broken { line: 4, problem: Problem::Reordered { .. }, .. }));
+        assert!(matches!(
+            check(&duplicated),
+            Finding::Broken {
+                line: 4,
+                problem: Problem::Reordered { .. },
+                ..
+            }
+        ));
 
         let mut truncated = chain(3);
         truncated[1].truncate(40);
         truncated[1].push('\n');
-        assert!(matches!(check(&truncated), Finding::Broken { line: 2, problem: Problem::NotARecord, .. }));
+        assert!(matches!(
+            check(&truncated),
+            Finding::Broken {
+                line: 2,
+                problem: Problem::NotARecord,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -244,6 +315,13 @@ mod tests {
         let forged_body = lines[1].replace("\"status\":200", "\"status\":201");
         let object = format!("{{{}", &forged_body[PREFIX.len() + 66..forged_body.len() - 1]);
         lines[1] = String::from_utf8(seal(object.as_bytes()).0).unwrap();
-        assert!(matches!(check(&lines), Finding::Broken { seq: Some(2), problem: Problem::Changed, .. }));
+        assert!(matches!(
+            check(&lines),
+            Finding::Broken {
+                seq: Some(2),
+                problem: Problem::Changed,
+                ..
+            }
+        ));
     }
 }

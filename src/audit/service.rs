@@ -60,8 +60,12 @@ where
         // While the trail cannot be written, calls that change anything are
         // refused before they run (and reads follow `audit.on_failure`): an
         // action nobody can audit must not happen.
-        let refuse = !self.sink.healthy()
-            && (matches!(*req.method(), Method::POST | Method::DELETE) || self.on_failure == OnAuditFailure::Deny);
+        let mutating = matches!(*req.method(), Method::POST | Method::DELETE);
+        let refuse = if mutating {
+            !self.sink.ready_for_mutation()
+        } else {
+            self.on_failure == OnAuditFailure::Deny && !self.sink.healthy()
+        };
         let fut = if refuse {
             Either::Left(std::future::ready(Err(GatewayError::AuditUnavailable)))
         } else {

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ use crate::config::{AuditConfig, AuditSinkConfig, FsyncPolicy};
 const MAX_BATCH: usize = 1024;
 /// How often an idle writer wakes to fsync (interval policy) and check its file.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+
+/// The audit file's path and the (device, inode) identity of the file being written.
+type SharedFile = Arc<Mutex<(PathBuf, (u64, u64))>>;
 
 /// The sink could not write the record (it is in the diagnostic log instead).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +43,9 @@ struct Pending {
 pub struct AuditSink {
     tx: mpsc::Sender<Pending>,
     healthy: Arc<AtomicBool>,
+    /// For a file sink: the path and the identity of the file being written
+    /// (updated at rotation), checked before every mutating call.
+    file: Option<SharedFile>,
 }
 
 /// The writer thread. [`AuditWriter::finish`] waits until every record sent
@@ -59,7 +65,12 @@ struct Chained<'a> {
 
 enum Output {
     Stdout(io::Stdout),
-    File { path: PathBuf, file: File, written: u64, identity: (u64, u64) },
+    File {
+        path: PathBuf,
+        file: File,
+        written: u64,
+        identity: (u64, u64),
+    },
     Other(Box<dyn Write + Send>),
 }
 
@@ -81,12 +92,20 @@ impl Output {
             std::fs::create_dir_all(dir)?;
         }
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        let existing = std::fs::read(&path).unwrap_or_default();
+        // Only a regular file has a chain to continue (`/dev/full`, a FIFO… do not).
+        let existing = if file.metadata()?.is_file() {
+            std::fs::read(&path).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         // A crash in the middle of a batch can leave a partial last line; it
         // belongs to a request whose response was never sent. Drop it.
         let complete = existing.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < existing.len() {
-            tracing::warn!(bytes = existing.len() - complete, "dropping a partial last audit line left by a crash");
+        if complete < existing.len() && file.metadata()?.is_file() {
+            tracing::warn!(
+                bytes = existing.len() - complete,
+                "dropping a partial last audit line left by a crash"
+            );
             file.set_len(complete as u64)?;
         }
         let head = chain::head_of(&String::from_utf8_lossy(&existing[..complete])).unwrap_or_else(ChainHead::genesis);
@@ -181,17 +200,46 @@ impl AuditSink {
     fn spawn(output: Output, head: ChainHead, config: AuditConfig) -> (AuditSink, AuditWriter) {
         let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
-        let flag = healthy.clone();
+        let file = match &output {
+            Output::File { path, identity, .. } => Some(Arc::new(Mutex::new((path.clone(), *identity)))),
+            _ => None,
+        };
+        let (flag, shared_file) = (healthy.clone(), file.clone());
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || Writer { output, head, config, healthy: flag }.run(rx))
+            .spawn(move || {
+                Writer {
+                    output,
+                    head,
+                    config,
+                    healthy: flag,
+                    file: shared_file,
+                }
+                .run(rx)
+            })
             .expect("spawning the audit writer thread");
-        (AuditSink { tx, healthy }, AuditWriter { thread })
+        (AuditSink { tx, healthy, file }, AuditWriter { thread })
     }
 
     /// False after a write failed or the file was removed: callers fail closed.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Before a call that changes something: the sink is healthy and, for a
+    /// file, the path still names the file being written (one `stat`, only on
+    /// mutating calls), so a removed trail is noticed before the next action.
+    pub fn ready_for_mutation(&self) -> bool {
+        if !self.healthy() {
+            return false;
+        }
+        let Some(file) = &self.file else { return true };
+        let (path, expected) = file.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let same = std::fs::metadata(&path).is_ok_and(|meta| identity(&meta) == expected);
+        if !same && self.healthy.swap(false, Ordering::SeqCst) {
+            tracing::error!(path = %path.display(), "the audit file was removed or replaced; failing closed");
+        }
+        same
     }
 
     /// Hands a record to the writer and waits until it is written.
@@ -219,6 +267,7 @@ struct Writer {
     head: ChainHead,
     config: AuditConfig,
     healthy: Arc<AtomicBool>,
+    file: Option<SharedFile>,
 }
 
 impl Writer {
@@ -280,7 +329,10 @@ impl Writer {
             let object = serde_json::to_vec(&chained).expect("audit records serialize");
             let (line, hash) = chain::seal(&object);
             bytes.extend_from_slice(&line);
-            head = ChainHead { seq: head.seq + 1, hash };
+            head = ChainHead {
+                seq: head.seq + 1,
+                hash,
+            };
         }
         let result = if removed {
             Err(io::Error::other("the audit file was removed"))
@@ -300,8 +352,19 @@ impl Writer {
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(()));
                 }
-                if let Err(e) = self.output.rotate_if_full(self.config.rotate_bytes, &self.head) {
-                    tracing::error!(error = %e, "cannot rotate the audit file");
+                // Held across rename, reopen and update, so that a concurrent
+                // `ready_for_mutation` never sees the path between two files.
+                let mut shared = self
+                    .file
+                    .as_ref()
+                    .map(|f| f.lock().unwrap_or_else(PoisonError::into_inner));
+                match self.output.rotate_if_full(self.config.rotate_bytes, &self.head) {
+                    Ok(()) => {
+                        if let (Some(shared), Output::File { path, identity, .. }) = (shared.as_mut(), &self.output) {
+                            **shared = (path.clone(), *identity);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot rotate the audit file"),
                 }
                 !matches!(self.config.fsync, FsyncPolicy::Always)
             }

@@ -215,13 +215,14 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         },
         fsync: match raw.audit.fsync.as_deref().unwrap_or("interval") {
             "always" => FsyncPolicy::Always,
-            "interval" => FsyncPolicy::Interval(p.duration(
-                "audit.fsync_interval",
-                raw.audit.fsync_interval.as_deref(),
-                "1s",
-            )),
+            "interval" => {
+                FsyncPolicy::Interval(p.duration("audit.fsync_interval", raw.audit.fsync_interval.as_deref(), "1s"))
+            }
             other => {
-                p.push("audit.fsync", format!("{other:?} is not one of \"always\", \"interval\""));
+                p.push(
+                    "audit.fsync",
+                    format!("{other:?} is not one of \"always\", \"interval\""),
+                );
                 FsyncPolicy::Always
             }
         },
@@ -233,7 +234,10 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             "deny" => OnAuditFailure::Deny,
             "allow" => OnAuditFailure::Allow,
             other => {
-                p.push("audit.on_failure", format!("{other:?} is not one of \"deny\", \"allow\""));
+                p.push(
+                    "audit.on_failure",
+                    format!("{other:?} is not one of \"deny\", \"allow\""),
+                );
                 OnAuditFailure::Deny
             }
         },

@@ -45,7 +45,10 @@ pub fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, rustls::E
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Shorter than the usual server-side keep-alive time-outs (60 s and
+        // more), so that the pool rarely offers a connection the upstream is
+        // about to close.
+        .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
         .build(connector))
 }

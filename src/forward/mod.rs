@@ -9,4 +9,4 @@ mod client;
 mod service;
 
 pub use client::{build_client, UpstreamClient};
-pub use service::Forward;
+pub use service::{upstream_uri, Forward};

@@ -53,6 +53,14 @@ impl Forward {
     }
 }
 
+fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// The upstream URL, built from the typed facts the policy attached.
 pub fn upstream_uri(base: &str, task_id: Option<&TaskId>, query: Option<&UpstreamQuery>) -> Result<Uri, http::Error> {
     let mut url = String::with_capacity(base.len() + 64 + query.map_or(0, |q| q.0.len()));
@@ -106,8 +114,20 @@ impl Service<Request<Bytes>> for Forward {
             *outbound.uri_mut() = uri;
             *outbound.headers_mut() = parts.headers;
 
+            // Reads may be sent twice: a pooled connection that the upstream
+            // closed while idle fails the first attempt without any effect.
+            // Creates and deletes never are.
+            let retryable = matches!(operation, Some(Operation::Get | Operation::List));
             let exchange = async {
-                let response = client.request(outbound).await.map_err(|e| {
+                let first = retryable.then(|| clone_request(&outbound));
+                let response = match (client.request(outbound).await, first) {
+                    (Err(e), Some(again)) if !e.is_connect() => {
+                        tracing::debug!(error = %e, "upstream connection failed; retrying the read once");
+                        client.request(again).await
+                    }
+                    (result, _) => result,
+                };
+                let response = response.map_err(|e| {
                     let kind = if e.is_connect() {
                         UpstreamFailure::Connect
                     } else {

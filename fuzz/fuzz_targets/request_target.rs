@@ -1,0 +1,25 @@
+//! Request-target parsing: whatever the bytes, routing never panics, and a
+//! route it accepts names one of the four paths with an id of the safe
+//! alphabet, which is forwarded byte for byte.
+#![no_main]
+
+use ark_gateway::route::{is_task_id, route, TASKS_PATH};
+use http::{Method, Uri};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, target)) = data.split_first() else { return };
+    let method = [Method::GET, Method::POST, Method::DELETE, Method::PUT][usize::from(selector % 4)].clone();
+    let Ok(uri) = Uri::try_from(target) else { return };
+    if let Ok(routed) = route(&method, &uri) {
+        match routed.task_id {
+            None => assert_eq!(uri.path(), TASKS_PATH),
+            Some(id) => {
+                assert!(is_task_id(id.as_str()));
+                assert_eq!(uri.path(), format!("{TASKS_PATH}/{id}"));
+                let upstream = ark_gateway::forward::upstream_uri("https://ark.example/api/v3", Some(&id), None).unwrap();
+                assert_eq!(upstream.path(), format!("/api/v3/contents/generations/tasks/{id}"));
+            }
+        }
+    }
+});

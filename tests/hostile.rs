@@ -1,0 +1,374 @@
+//! Hostile clients. Every case is refused, or provably reaches only the
+//! caller's own task; none reaches another tenant's; the gateway keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::GatewayProcess;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Creates one task for alpha (the caller) and one for beta (the target).
+async fn setup() -> (TestEnv, String, String) {
+    let env = TestEnv::start().await;
+    let own = env.create(ALPHA).await;
+    let other = env.create(BETA).await;
+    (env, own, other)
+}
+
+/// Sends raw bytes and returns the status line's code (0 if no HTTP answer).
+async fn raw_status(env: &TestEnv, raw: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(env.addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    std::str::from_utf8(&buf)
+        .ok()
+        .and_then(|t| t.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// No request naming `other` ever reached the upstream, and the gateway still serves.
+async fn assert_contained(env: &TestEnv, own: &str, other: &str) {
+    for r in env.upstream() {
+        assert!(
+            !r.path_and_query.contains(other),
+            "reached the upstream: {}",
+            r.path_and_query
+        );
+        assert!(!r.body.contains(other));
+    }
+    let reply = env.call("GET", &format!("{TASKS}/{own}"), Some(ALPHA), None).await;
+    assert_eq!(reply.status, 200, "the gateway stopped serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_confusion_never_reaches_another_tenants_task() {
+    let (env, own, other) = setup().await;
+    let encoded_letter = other.replacen('c', "%63", 1);
+    let long_id = format!("{other}{}", "a".repeat(200));
+    let long_path = format!("{TASKS}/{}", "x".repeat(70_000));
+    let targets: Vec<Vec<u8>> = vec![
+        format!("{TASKS}/{other}/").into(),
+        format!("/{TASKS}/{other}").into(),
+        format!("{TASKS}//{other}").into(),
+        format!("{TASKS}/../tasks/{other}").into(),
+        format!("{TASKS}/./{other}").into(),
+        format!("{TASKS}/{own}/../{other}").into(),
+        format!("{TASKS}/%2e%2e/tasks/{other}").into(),
+        format!("{TASKS}/{own}%2F..%2F{other}").into(),
+        format!("{TASKS}%2F{other}").into(),
+        format!("{TASKS}/{own}%5C..%5C{other}").into(),
+        format!("{TASKS}/{other}%00").into(),
+        format!("{TASKS}/{other};jsessionid=1").into(),
+        format!("/API/V3/CONTENTS/GENERATIONS/TASKS/{other}").into(),
+        format!("{TASKS}/{encoded_letter}").into(),
+        format!("http://other.example{TASKS}/{other}").into(),
+        format!("{TASKS}/{long_id}").into(),
+        long_path.into_bytes(),
+        [format!("{TASKS}/").as_bytes(), b"\xff\xfe", other.as_bytes()].concat(),
+        [format!("{TASKS}/").as_bytes(), b"\x00", other.as_bytes()].concat(),
+        [format!("{TASKS}/").as_bytes(), b"\x1b[2J", other.as_bytes()].concat(),
+        format!("{TASKS}/{other}#frag").into(),
+        format!("{TASKS}/{own}?id=../{other}").into(),
+    ];
+    for target in &targets {
+        for method in ["GET", "DELETE"] {
+            let raw = [
+                format!("{method} ").as_bytes(),
+                target,
+                format!(" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            ]
+            .concat();
+            let status = raw_status(&env, &raw).await;
+            let shown = String::from_utf8_lossy(&target[..target.len().min(120)]).into_owned();
+            // The one case that may succeed is the caller's own task (the query is not part of the id).
+            if status == 200 {
+                assert!(
+                    target.starts_with(format!("{TASKS}/{own}?").as_bytes()),
+                    "{method} {shown} succeeded"
+                );
+            } else {
+                assert!(
+                    (400..500).contains(&status) || status == 0,
+                    "{method} {shown}: {status}"
+                );
+            }
+        }
+    }
+    // A Host header naming another host changes nothing: the upstream is configured.
+    let raw = format!("GET {TASKS}/{other} HTTP/1.1\r\nHost: ark.cn-beijing.volces.com\r\nAuthorization: Bearer {ALPHA}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_status(&env, raw.as_bytes()).await, 403);
+    assert_contained(&env, &own, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_tricks_are_refused() {
+    let (env, own, other) = setup().await;
+    let before = env.upstream_count();
+    let cases: Vec<Vec<u8>> = vec![
+        format!("GET {TASKS}/{own}?api_key={ALPHA} HTTP/1.1\r\nHost: x\r\n").into(),
+        format!("GET {TASKS}/{own}?token={ALPHA}&Authorization=Bearer%20{ALPHA} HTTP/1.1\r\nHost: x\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-\nalpha\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n {ALPHA}\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\x00\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\nAuthorization: Bearer {ALPHA}\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization:Bearer  \r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nX-Api-Key: {ALPHA}\r\n").into(),
+        format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n", "t".repeat(20_000)).into(),
+    ];
+    for case in cases {
+        let raw = [case.as_slice(), b"Connection: close\r\n\r\n"].concat();
+        let status = raw_status(&env, &raw).await;
+        assert!(
+            (400..500).contains(&status),
+            "{:?}: {status}",
+            String::from_utf8_lossy(&raw[..raw.len().min(150)])
+        );
+    }
+    assert_eq!(
+        env.upstream_count(),
+        before,
+        "a request with a bad credential reached the upstream"
+    );
+    assert_contained(&env, &own, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_and_framing_tricks_reach_nothing_they_should_not() {
+    let (env, own, other) = setup().await;
+    let smuggled = format!("GET {TASKS}/{other} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BETA}\r\n\r\n");
+    let chunk = |body: &str| format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let cases: Vec<String> = vec![
+        // Content-Length and Transfer-Encoding together.
+        format!("POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{}{smuggled}", chunk(CREATE_BODY)),
+        // Two different Content-Lengths.
+        format!("POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nContent-Length: 10\r\nContent-Length: {}\r\n\r\n{CREATE_BODY}{smuggled}", CREATE_BODY.len()),
+        // Bad chunk sizes.
+        format!("POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{CREATE_BODY}\r\n0\r\n\r\n"),
+        format!("POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+        format!("POST {TASKS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ALPHA}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{}", chunk(CREATE_BODY)),
+    ];
+    for case in &cases {
+        let status = raw_status(&env, case.as_bytes()).await;
+        assert!(status == 0 || status < 500, "{status}");
+    }
+    // Whatever was created came from alpha's body only; beta's request was never run as alpha.
+    for r in env.upstream() {
+        assert!(!r.path_and_query.contains(&other));
+    }
+
+    // HTTP/1.0 works, and closes.
+    let raw = format!("GET {TASKS}/{own} HTTP/1.0\r\nAuthorization: Bearer {ALPHA}\r\n\r\n");
+    assert_eq!(raw_status(&env, raw.as_bytes()).await, 200);
+
+    // Pipelined requests are each authorised on their own.
+    let raw = format!(
+        "GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\n\r\nGET {TASKS}/{other} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(env.addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "403"], "{text}");
+
+    // Expect: 100-continue gets its interim answer and the create goes through.
+    let mut stream = TcpStream::connect(env.addr).await.unwrap();
+    let head = format!(
+        "POST {TASKS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        CREATE_BODY.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(CREATE_BODY.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("200 OK"));
+
+    // 64 KB of headers: 431, not forwarded.
+    let before = env.upstream_count();
+    let mut raw = format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA}\r\n");
+    for i in 0..1100 {
+        raw.push_str(&format!("X-Filler-{i}: {}\r\n", "f".repeat(50)));
+    }
+    raw.push_str("Connection: close\r\n\r\n");
+    assert_eq!(raw_status(&env, raw.as_bytes()).await, 431);
+    assert_eq!(env.upstream_count(), before);
+    assert_contained(&env, &own, &other).await;
+}
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK literal header without indexing, with a literal name.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127);
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_a_malformed_pseudo_header_is_reset() {
+    let (env, own, other) = setup().await;
+    let before = env.upstream_count();
+    let path = format!("{TASKS}/{other}");
+    for block in [
+        // A regular header before a pseudo-header.
+        [
+            vec![0x82, 0x86],
+            literal("authorization", &format!("Bearer {ALPHA}")),
+            literal(":path", &path),
+        ]
+        .concat(),
+        // An unknown pseudo-header.
+        [
+            vec![0x82, 0x86],
+            literal(":path", &path),
+            literal(":tenant", "beta"),
+            literal("authorization", &format!("Bearer {ALPHA}")),
+        ]
+        .concat(),
+        // No :path at all.
+        [vec![0x82, 0x86], literal("authorization", &format!("Bearer {ALPHA}"))].concat(),
+    ] {
+        let mut stream = TcpStream::connect(env.addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        out.extend(frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+        stream.write_all(&out).await.unwrap();
+        // Read frames until the stream is reset or the connection goes away.
+        let mut buf = Vec::new();
+        let mut refused = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !refused {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while buf.len() >= at + 9 {
+                let len = ((buf[at] as usize) << 16) | ((buf[at + 1] as usize) << 8) | buf[at + 2] as usize;
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                let kind = buf[at + 3];
+                let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]) & 0x7fff_ffff;
+                if kind == 0x1 && stream == 1 {
+                    // HPACK static index 8 (0x88) is `:status: 200`; anything else is a refusal.
+                    assert_ne!(
+                        buf.get(at + 9),
+                        Some(&0x88),
+                        "a malformed HTTP/2 request was answered 200"
+                    );
+                    refused = true;
+                }
+                refused |= kind == 0x3 || kind == 0x7; // RST_STREAM or GOAWAY
+                at += 9 + len;
+            }
+        }
+        assert!(refused, "the malformed HTTP/2 request was neither reset nor refused");
+    }
+    assert_eq!(env.upstream_count(), before);
+    assert_contained(&env, &own, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_connection_is_closed_while_others_are_served() {
+    let mut env = TestEnv::start().await;
+    env.config_text = env.config_text.replace(
+        "request_timeout = \"5s\"",
+        "request_timeout = \"5s\"\nheader_read_timeout = \"1s\"",
+    );
+    env.restart_gateway().await;
+    let own = env.create(ALPHA).await;
+    let mut slow = TcpStream::connect(env.addr).await.unwrap();
+    slow.write_all(format!("GET {TASKS}/{own} HTTP/1.1\r\nHost: x\r\nAuthor").as_bytes())
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    assert_eq!(
+        env.call("GET", &format!("{TASKS}/{own}"), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    // The slow one is closed by the header-read time-out (408 or a plain close).
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slowloris connection was never closed");
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_leave_memory_bounded_and_service_up() {
+    use ark_gateway::mock_upstream::{MockOptions, MockUpstream};
+    let mock = MockUpstream::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        MockOptions::new(UPSTREAM_KEY),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config_text(&mock.base_url(), dir.path(), "", &default_tenants())).unwrap();
+    let gateway = GatewayProcess::spawn(&path, &[("TEST_ARK_KEY", UPSTREAM_KEY)]);
+    let addr = gateway.addr;
+    let before = rss_kib(gateway.child.id());
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(addr).await.expect("connect an idle client"));
+    }
+    // New clients are still served while the idle ones stay open.
+    let reply = request(addr, "GET", TASKS, &[("Authorization", "Bearer token-alpha")], b"").await;
+    assert_eq!(reply.status, 200);
+    let after = rss_kib(gateway.child.id());
+    assert_eq!(idle.len(), 10_000);
+    // Bounded: a few KB per idle connection, far from a leak (the release
+    // build's figure is measured by the benchmark).
+    assert!(
+        after - before < 200 * 1024,
+        "10,000 idle connections cost {} KiB",
+        after - before
+    );
+    drop(idle);
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait().0, Some(0));
+}
