@@ -1,5 +1,10 @@
 #![forbid(unsafe_code)]
 
+/// mimalloc instead of glibc malloc: many small, short-lived allocations on
+/// several threads (see bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +58,9 @@ enum Command {
         /// Delay before every answer (a slow upstream).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         delay: Duration,
+        /// Do not keep a copy of each request (benchmarks).
+        #[arg(long)]
+        no_record: bool,
     },
     /// Inspect or change the task ownership ledger (`store.path` of the config).
     Tasks {
@@ -300,6 +308,7 @@ fn main() -> ExitCode {
             queued_for,
             running_for,
             delay,
+            no_record,
         } => {
             init_logging();
             runtime().block_on(async {
@@ -315,6 +324,7 @@ fn main() -> ExitCode {
                     queued_for,
                     running_for,
                     delay,
+                    record: !no_record,
                 };
                 let mock = MockUpstream::start(listener, options).expect("a bound listener has an address");
                 println!("mock-upstream listening on {}", mock.base_url());

@@ -40,6 +40,8 @@ pub struct MockOptions {
     pub running_for: Duration,
     /// Added before every answer on the Ark paths (a slow upstream).
     pub delay: Duration,
+    /// Keep a copy of every request (tests); off for benchmarks.
+    pub record: bool,
 }
 
 impl MockOptions {
@@ -49,6 +51,7 @@ impl MockOptions {
             queued_for: Duration::from_secs(2),
             running_for: Duration::from_secs(3),
             delay: Duration::ZERO,
+            record: true,
         }
     }
 }
@@ -205,20 +208,22 @@ where
         let received = state.received.lock().unwrap_or_else(PoisonError::into_inner).clone();
         return respond(StatusCode::OK, json!(received), None);
     }
-    state
-        .received
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(ReceivedRequest {
-            method: parts.method.to_string(),
-            path_and_query,
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect(),
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
+    if state.options.record {
+        state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ReceivedRequest {
+                method: parts.method.to_string(),
+                path_and_query,
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+    }
     state.received_count.send_modify(|n| *n += 1);
     if !state.options.delay.is_zero() {
         tokio::time::sleep(state.options.delay).await;

@@ -1,7 +1,9 @@
-//! The audit sink: one writer thread that seals records into the hash chain,
-//! writes them, and acknowledges each record only after its bytes are in the
-//! kernel (`write(2)` returned), so a record whose response was sent survives
-//! a crash of the process. `audit.fsync` decides when they reach the disk.
+//! The audit sink. Each record is sealed into the hash chain and written
+//! (`write(2)`) on the request's own task, under one short lock, before the
+//! request's response is released: a record whose response was sent survives
+//! a crash of the process, and no thread hand-off sits on the request path.
+//! `audit.fsync` decides when records reach the disk: a background task syncs
+//! at most every interval, or (`always`) each request waits for an fdatasync.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -9,21 +11,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use serde::Serialize;
-use tokio::sync::oneshot;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::chain::{self, ChainHead};
 use super::AuditRecord;
 use crate::config::{AuditConfig, AuditSinkConfig, FsyncPolicy};
 
-/// Most records written in one batch.
-const MAX_BATCH: usize = 1024;
-/// How often an idle writer wakes to fsync (interval policy) and check its file.
-const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// How often the background task checks that the file is still where it was.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// The audit file's path and the (device, inode) identity of the file being written.
 type SharedFile = Arc<Mutex<(PathBuf, (u64, u64))>>;
@@ -33,36 +29,37 @@ type SharedFile = Arc<Mutex<(PathBuf, (u64, u64))>>;
 #[error("the audit record could not be written: {0}")]
 pub struct AuditWriteError(pub String);
 
-struct Pending {
-    record: AuditRecord,
-    done: oneshot::Sender<Result<(), AuditWriteError>>,
-}
-
-/// The sending side, cloned into every audit service.
+/// Cheap to clone; every clone writes the same chain.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Pending>,
-    healthy: Arc<AtomicBool>,
-    /// For a file sink: the path and the identity of the file being written
-    /// (updated at rotation), checked before every mutating call.
-    file: Option<SharedFile>,
+    inner: Arc<Inner>,
 }
 
-/// The writer thread. [`AuditWriter::finish`] waits until every record sent
-/// before the last [`AuditSink`] was dropped is written, synced and flushed.
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    healthy: AtomicBool,
+    /// For a file sink: what `ready_for_mutation` checks (updated at rotation).
+    file: Option<SharedFile>,
+    config: AuditConfig,
+}
+
+#[derive(Debug)]
+struct State {
+    output: Output,
+    head: ChainHead,
+    /// Bytes written since the last fdatasync.
+    unsynced: bool,
+}
+
+/// Handle for an orderly stop: [`AuditWriter::finish`] syncs and flushes.
 #[derive(Debug)]
 pub struct AuditWriter {
-    thread: JoinHandle<()>,
+    sink: AuditSink,
+    background: Option<tokio::task::JoinHandle<()>>,
 }
 
-#[derive(Serialize)]
-struct Chained<'a> {
-    seq: u64,
-    prev_hash: &'a str,
-    #[serde(flatten)]
-    record: &'a AuditRecord,
-}
-
+#[derive(Debug)]
 enum Output {
     Stdout(io::Stdout),
     File {
@@ -71,7 +68,7 @@ enum Output {
         written: u64,
         identity: (u64, u64),
     },
-    Other(Box<dyn Write + Send>),
+    Other(OtherWriter),
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -136,6 +133,18 @@ impl Output {
         }
     }
 
+    fn check_linked(&self) -> Result<(), String> {
+        #[cfg(unix)]
+        if let Output::File { path, file, .. } = self {
+            return match file.metadata() {
+                Ok(meta) if meta.nlink() > 0 || !meta.is_file() => Ok(()),
+                Ok(_) => Err(format!("{} was removed", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            };
+        }
+        Ok(())
+    }
+
     fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Output::Stdout(out) => {
@@ -149,8 +158,8 @@ impl Output {
                 Ok(())
             }
             Output::Other(out) => {
-                out.write_all(bytes)?;
-                out.flush()
+                out.0.write_all(bytes)?;
+                out.0.flush()
             }
         }
     }
@@ -163,10 +172,10 @@ impl Output {
     }
 
     /// Renames a full file aside and starts a new one; the chain continues.
-    fn rotate_if_full(&mut self, limit: Option<u64>, head: &ChainHead) -> io::Result<()> {
+    fn rotate_if_full(&mut self, limit: Option<u64>, head: &ChainHead) -> io::Result<bool> {
         let path = match self {
             Output::File { path, written, .. } if limit.is_some_and(|limit| *written >= limit) => path.clone(),
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         self.sync()?;
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -178,12 +187,22 @@ impl Output {
         let (fresh, _) = Output::open_file(path)?;
         *self = fresh;
         tracing::info!(rotated = %rotated.display(), seq = head.seq, hash = %head.hash, "audit file rotated; the chain continues in the new file");
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// Any writer (tests), with a Debug that says nothing about it.
+pub struct OtherWriter(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for OtherWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtherWriter")
     }
 }
 
 impl AuditSink {
-    /// Opens the configured sink (continuing an existing file's chain) and starts its writer.
+    /// Opens the configured sink, continuing an existing file's chain. Must be
+    /// called inside a tokio runtime (it starts the sync-and-check task).
     pub fn start(config: &AuditConfig) -> io::Result<(AuditSink, AuditWriter)> {
         let (output, head) = match &config.sink {
             AuditSinkConfig::Stdout => (Output::Stdout(io::stdout()), ChainHead::genesis()),
@@ -194,36 +213,35 @@ impl AuditSink {
 
     /// A sink over any writer (tests).
     pub fn start_with_writer(out: Box<dyn Write + Send>, config: &AuditConfig) -> (AuditSink, AuditWriter) {
-        Self::spawn(Output::Other(out), ChainHead::genesis(), config.clone())
+        Self::spawn(Output::Other(OtherWriter(out)), ChainHead::genesis(), config.clone())
     }
 
     fn spawn(output: Output, head: ChainHead, config: AuditConfig) -> (AuditSink, AuditWriter) {
-        let (tx, rx) = mpsc::channel();
-        let healthy = Arc::new(AtomicBool::new(true));
         let file = match &output {
             Output::File { path, identity, .. } => Some(Arc::new(Mutex::new((path.clone(), *identity)))),
             _ => None,
         };
-        let (flag, shared_file) = (healthy.clone(), file.clone());
-        let thread = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                Writer {
+        let sink = AuditSink {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
                     output,
                     head,
-                    config,
-                    healthy: flag,
-                    file: shared_file,
-                }
-                .run(rx)
-            })
-            .expect("spawning the audit writer thread");
-        (AuditSink { tx, healthy, file }, AuditWriter { thread })
+                    unsynced: false,
+                }),
+                healthy: AtomicBool::new(true),
+                file,
+                config,
+            }),
+        };
+        let background = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| runtime.spawn(sync_and_check(sink.clone())));
+        (sink.clone(), AuditWriter { sink, background })
     }
 
     /// False after a write failed or the file was removed: callers fail closed.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        self.inner.healthy.load(Ordering::SeqCst)
     }
 
     /// Before a call that changes something: the sink is healthy and, for a
@@ -233,25 +251,142 @@ impl AuditSink {
         if !self.healthy() {
             return false;
         }
-        let Some(file) = &self.file else { return true };
+        let Some(file) = &self.inner.file else { return true };
         let (path, expected) = file.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let same = std::fs::metadata(&path).is_ok_and(|meta| identity(&meta) == expected);
-        if !same && self.healthy.swap(false, Ordering::SeqCst) {
+        if !same && self.inner.healthy.swap(false, Ordering::SeqCst) {
             tracing::error!(path = %path.display(), "the audit file was removed or replaced; failing closed");
         }
         same
     }
 
-    /// Hands a record to the writer and waits until it is written.
+    /// Seals the record into the chain and writes it; returns once it is in
+    /// the kernel (and, with `fsync = "always"`, on the disk).
     pub async fn write(&self, record: AuditRecord) -> Result<(), AuditWriteError> {
-        let (done, written) = oneshot::channel();
-        if let Err(mpsc::SendError(pending)) = self.tx.send(Pending { record, done }) {
-            fallback(&pending.record, "the audit writer has stopped");
-            return Err(AuditWriteError("the audit writer has stopped".into()));
+        // Serialized outside the lock; only the chain fields are added inside.
+        let json = serde_json::to_vec(&record).expect("audit records serialize");
+        let written = self.write_sealed(&json);
+        if let Err(e) = &written {
+            fallback(&record, &e.0);
+            return written;
+        }
+        if self.inner.config.fsync == FsyncPolicy::Always {
+            let sink = self.clone();
+            let synced = tokio::task::spawn_blocking(move || sink.sync())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            if let Err(e) = synced {
+                self.inner.healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot fsync the audit file; mutating calls now fail closed");
+                return Err(AuditWriteError(e.to_string()));
+            }
         }
         written
-            .await
-            .unwrap_or_else(|_| Err(AuditWriteError("the audit writer has stopped".into())))
+    }
+
+    fn write_sealed(&self, json: &[u8]) -> Result<(), AuditWriteError> {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let State { output, head, unsynced } = &mut *state;
+        // Refuse to write into a file that was unlinked (one fstat on our own
+        // descriptor; the path itself is checked before mutating calls and
+        // every 500 ms).
+        if let Err(problem) = output.check_linked() {
+            if self.inner.healthy.swap(false, Ordering::SeqCst) {
+                tracing::error!(problem, "the audit file is not where it was; failing closed");
+            }
+            return Err(AuditWriteError(problem));
+        }
+        let seq = head.seq + 1;
+        let mut object = Vec::with_capacity(json.len() + 100);
+        object.extend_from_slice(b"{\"seq\":");
+        object.extend_from_slice(seq.to_string().as_bytes());
+        object.extend_from_slice(b",\"prev_hash\":\"");
+        object.extend_from_slice(head.hash.as_bytes());
+        object.extend_from_slice(b"\",");
+        object.extend_from_slice(&json[1..]);
+        let (line, hash) = chain::seal(&object);
+        match output.write_batch(&line) {
+            Ok(()) => {
+                *head = ChainHead { seq, hash };
+                *unsynced = true;
+                if !self.inner.healthy.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("the audit sink accepts writes again");
+                }
+                // Held with the state lock across rename, reopen and update, so
+                // a concurrent `ready_for_mutation` never sees the path between two files.
+                let mut shared = self
+                    .inner
+                    .file
+                    .as_ref()
+                    .map(|f| f.lock().unwrap_or_else(PoisonError::into_inner));
+                match output.rotate_if_full(self.inner.config.rotate_bytes, head) {
+                    Ok(true) => {
+                        *unsynced = false;
+                        if let (Some(shared), Output::File { path, identity, .. }) = (shared.as_mut(), &*output) {
+                            **shared = (path.clone(), *identity);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot rotate the audit file"),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if self.inner.healthy.swap(false, Ordering::SeqCst) {
+                    tracing::error!(error = %e, "cannot write the audit trail; mutating calls now fail closed");
+                }
+                Err(AuditWriteError(e.to_string()))
+            }
+        }
+    }
+
+    /// fdatasync on a duplicate of the file descriptor, outside the write lock.
+    fn sync(&self) -> io::Result<()> {
+        let file = {
+            let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if !state.unsynced {
+                return Ok(());
+            }
+            state.unsynced = false;
+            match &state.output {
+                Output::File { file, .. } => file.try_clone()?,
+                _ => return Ok(()),
+            }
+        };
+        file.sync_data()
+    }
+}
+
+/// Syncs at most every `fsync_interval` (interval policy) and notices a
+/// removed file even when no request is writing.
+async fn sync_and_check(sink: AuditSink) {
+    let every = match sink.inner.config.fsync {
+        FsyncPolicy::Interval(every) => every.min(CHECK_EVERY),
+        FsyncPolicy::Always => CHECK_EVERY,
+    };
+    let mut ticks = tokio::time::interval(every);
+    let mut since_sync = Duration::ZERO;
+    loop {
+        ticks.tick().await;
+        since_sync += every;
+        let check = {
+            let state = sink.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.output.check()
+        };
+        if let Err(problem) = check {
+            if sink.inner.healthy.swap(false, Ordering::SeqCst) {
+                tracing::error!(problem, "the audit file is not where it was; failing closed");
+            }
+        }
+        if let FsyncPolicy::Interval(interval) = sink.inner.config.fsync {
+            if since_sync >= interval {
+                since_sync = Duration::ZERO;
+                let syncing = sink.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || syncing.sync()).await {
+                    tracing::error!(error = %e, "cannot fsync the audit file");
+                }
+            }
+        }
     }
 }
 
@@ -262,133 +397,22 @@ fn fallback(record: &AuditRecord, reason: &str) {
     tracing::error!(reason, record = %json, "AUDIT RECORD NOT WRITTEN to the audit sink; kept here");
 }
 
-struct Writer {
-    output: Output,
-    head: ChainHead,
-    config: AuditConfig,
-    healthy: Arc<AtomicBool>,
-    file: Option<SharedFile>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Pending>) {
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
-        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            match rx.recv_timeout(IDLE_WAKE) {
-                Ok(first) => batch.push(first),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            if let Err(problem) = self.output.check() {
-                if self.healthy.swap(false, Ordering::SeqCst) {
-                    tracing::error!(problem, "the audit file is not where it was; failing closed");
-                }
-            }
-            if !batch.is_empty() {
-                unsynced |= self.write(&mut batch);
-            }
-            let due = match self.config.fsync {
-                FsyncPolicy::Always => false, // synced in write()
-                FsyncPolicy::Interval(every) => unsynced && last_sync.elapsed() >= every,
-            };
-            if due {
-                if let Err(e) = self.output.sync() {
-                    tracing::error!(error = %e, "cannot fsync the audit file");
-                }
-                last_sync = Instant::now();
-                unsynced = false;
-            }
+impl AuditWriter {
+    /// Stops the background task, then syncs and flushes. Call after the
+    /// last request finished.
+    pub fn finish(mut self) {
+        if let Some(task) = self.background.take() {
+            task.abort();
         }
-        if let Err(e) = self.output.sync() {
+        let state = self.sink.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(seq = state.head.seq, hash = %state.head.hash, "audit chain head at shutdown");
+        drop(state);
+        if let Err(e) = self.sink.sync() {
             tracing::error!(error = %e, "cannot fsync the audit file at shutdown");
         }
-        tracing::info!(seq = self.head.seq, hash = %self.head.hash, "audit chain head at shutdown");
-    }
-
-    /// Seals and writes a batch; acknowledges each record. Returns whether
-    /// unsynced bytes were written.
-    fn write(&mut self, batch: &mut Vec<Pending>) -> bool {
-        let healthy_before = self.healthy.load(Ordering::SeqCst);
-        let removed = self.output.check().is_err();
-        let mut bytes = Vec::with_capacity(batch.len() * 512);
-        let mut head = self.head.clone();
-        for pending in batch.iter() {
-            let chained = Chained {
-                seq: head.seq + 1,
-                prev_hash: &head.hash,
-                record: &pending.record,
-            };
-            let object = serde_json::to_vec(&chained).expect("audit records serialize");
-            let (line, hash) = chain::seal(&object);
-            bytes.extend_from_slice(&line);
-            head = ChainHead {
-                seq: head.seq + 1,
-                hash,
-            };
-        }
-        let result = if removed {
-            Err(io::Error::other("the audit file was removed"))
-        } else {
-            self.output.write_batch(&bytes).and_then(|()| match self.config.fsync {
-                FsyncPolicy::Always => self.output.sync(),
-                FsyncPolicy::Interval(_) => Ok(()),
-            })
-        };
-        match result {
-            Ok(()) => {
-                self.head = head;
-                if !healthy_before && !removed {
-                    tracing::warn!("the audit sink accepts writes again");
-                }
-                self.healthy.store(true, Ordering::SeqCst);
-                for pending in batch.drain(..) {
-                    let _ = pending.done.send(Ok(()));
-                }
-                // Held across rename, reopen and update, so that a concurrent
-                // `ready_for_mutation` never sees the path between two files.
-                let mut shared = self
-                    .file
-                    .as_ref()
-                    .map(|f| f.lock().unwrap_or_else(PoisonError::into_inner));
-                match self.output.rotate_if_full(self.config.rotate_bytes, &self.head) {
-                    Ok(()) => {
-                        if let (Some(shared), Output::File { path, identity, .. }) = (shared.as_mut(), &self.output) {
-                            **shared = (path.clone(), *identity);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot rotate the audit file"),
-                }
-                !matches!(self.config.fsync, FsyncPolicy::Always)
-            }
-            Err(e) => {
-                if self.healthy.swap(false, Ordering::SeqCst) {
-                    tracing::error!(error = %e, "cannot write the audit trail; mutating calls now fail closed");
-                }
-                let reason = e.to_string();
-                for pending in batch.drain(..) {
-                    fallback(&pending.record, &reason);
-                    let _ = pending.done.send(Err(AuditWriteError(reason.clone())));
-                }
-                false
-            }
-        }
-    }
-}
-
-impl AuditWriter {
-    /// Waits for the writer to drain, sync and flush. Call after every
-    /// [`AuditSink`] clone is gone (that is what ends the writer).
-    pub fn finish(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("the audit writer thread panicked");
+        let mut state = self.sink.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Output::Stdout(out) = &mut state.output {
+            let _ = out.flush();
         }
     }
 }

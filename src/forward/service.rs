@@ -23,11 +23,13 @@ use crate::route::{Operation, TaskId, UPSTREAM_TASKS_PATH};
 /// Sends requests to Ark. Cheap to clone: everything is shared.
 #[derive(Clone)]
 pub struct Forward {
-    client: UpstreamClient,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    /// Behind the `Arc` so that cloning the stack per request does not clone
+    /// the client (and its connector) per request.
+    client: UpstreamClient,
     /// `upstream.base_url`, no trailing slash.
     base: String,
     timeout: Duration,
@@ -40,8 +42,8 @@ struct Shared {
 impl Forward {
     pub fn new(client: UpstreamClient, config: &UpstreamConfig, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Self {
-            client,
             shared: Arc::new(Shared {
+                client,
                 base: config.base_url.to_string().trim_end_matches('/').to_string(),
                 timeout: config.timeout,
                 max_response_bytes: config.max_response_bytes,
@@ -89,7 +91,6 @@ impl Service<Request<Bytes>> for Forward {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let client = self.client.clone();
         let shared = self.shared.clone();
         Box::pin(async move {
             let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
@@ -120,10 +121,10 @@ impl Service<Request<Bytes>> for Forward {
             let retryable = matches!(operation, Some(Operation::Get | Operation::List));
             let exchange = async {
                 let first = retryable.then(|| clone_request(&outbound));
-                let response = match (client.request(outbound).await, first) {
+                let response = match (shared.client.request(outbound).await, first) {
                     (Err(e), Some(again)) if !e.is_connect() => {
                         tracing::debug!(error = %e, "upstream connection failed; retrying the read once");
-                        client.request(again).await
+                        shared.client.request(again).await
                     }
                     (result, _) => result,
                 };

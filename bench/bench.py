@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""ark-gateway benchmark: direct vs nginx vs ark-gateway, interleaved, loopback only.
+
+Reads no network but 127.0.0.1; every loop is bounded in count and time.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+BIN = ROOT / "target/release/ark-gateway"
+KEY = "sk-bench-upstream-key"
+TOKEN = "bench-tenant-token"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pids):
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / tick
+
+
+def status_kib(pids, field):
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def wait_line(proc, stream, marker, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = getattr(proc, stream).readline()
+        if not line:
+            raise RuntimeError(f"process exited before {marker!r}")
+        if marker in line:
+            return line
+    raise RuntimeError(f"no {marker!r} within {timeout}s")
+
+
+def http(port, method, path, token=None, body=None):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        headers = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        if token:
+            headers += f"Authorization: Bearer {token}\r\n"
+        data = (body or "").encode()
+        headers += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        s.sendall(headers.encode() + data)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+def wrk(url, connections, seconds, script="report.lua", token=TOKEN):
+    threads = min(2, connections)
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+           "-H", f"Authorization: Bearer {token}", "-s", str(BENCH / script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_DIR": str(BENCH)}, timeout=seconds + 60)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(line[len("RESULT "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+class Setup:
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start_mock(self):
+        mock = subprocess.Popen([str(BIN), "mock-upstream", "--listen", "127.0.0.1:0", "--api-key", KEY,
+                                 "--queued-for", "1h", "--no-record"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(mock)
+        line = wait_line(mock, "stdout", "listening on")
+        self.mock_url = line.rsplit(" ", 1)[1].strip()
+        self.mock_port = int(self.mock_url.split(":")[2].split("/")[0])
+        self.mock = mock
+
+    def start_gateway(self):
+        token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
+        config = self.work / "gateway.toml"
+        config.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "{self.mock_url}"
+api_key_env = "BENCH_ARK_KEY"
+allow_insecure_http = true
+max_concurrent = 4096
+[store]
+path = "{self.work / 'ledger.redb'}"
+[audit]
+sink = "file"
+path = "{self.work / 'gateway-audit.jsonl'}"
+[[tenant]]
+name = "bench"
+token_sha256 = "{token_hash}"
+operations = ["create", "get", "list", "delete"]
+rate_limit = {{ per_second = 10000000, burst = 10000000 }}
+""")
+        gw = subprocess.Popen([str(BIN), "run", "--config", str(config)], env={**os.environ, "BENCH_ARK_KEY": KEY, "RUST_LOG": "warn,ark_gateway=info"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.procs.append(gw)
+        line = wait_line(gw, "stderr", "tenant listener ready")
+        self.gateway_port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
+        self.gateway = gw
+
+    def start_nginx(self):
+        port = free_port()
+        prefix = self.work / "nginx"
+        for d in ("logs", "tmp"):
+            (prefix / d).mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"""
+user root root;
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+worker_rlimit_nofile 30000;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/tmp/body;
+  proxy_temp_path {prefix}/tmp/proxy;
+  fastcgi_temp_path {prefix}/tmp/fastcgi;
+  uwsgi_temp_path {prefix}/tmp/uwsgi;
+  scgi_temp_path {prefix}/tmp/scgi;
+  log_format audit escape=json '{{"ts":"$time_iso8601","request_id":"$request_id","tenant":"$tenant","method":"$request_method","uri":"$request_uri","status":$status,"upstream_status":"$upstream_status","duration":$request_time,"remote_addr":"$remote_addr"}}';
+  map $http_authorization $tenant {{
+    default "";
+    "Bearer {TOKEN}" bench;
+  }}
+  limit_req_zone $tenant zone=tenants:10m rate=10000000r/s;
+  upstream ark {{
+    server 127.0.0.1:{self.mock_port};
+    keepalive 512;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    keepalive_requests 1000000;
+    location /api/v3/ {{
+      if ($tenant = "") {{ return 401; }}
+      limit_req zone=tenants burst=10000000 nodelay;
+      proxy_pass http://ark;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {KEY}";
+      access_log {prefix}/logs/access.jsonl audit;
+    }}
+  }}
+}}
+""")
+        ng = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.procs.append(ng)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)  # startup poll in the bench driver, not a test
+        self.nginx_port = port
+        self.nginx = ng
+
+    def nginx_pids(self):
+        return [self.nginx.pid] + children(self.nginx.pid)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def idle_connections_rss(port, pid_list, n):
+    before = status_kib(pid_list(), "VmRSS")
+    socks = []
+    try:
+        for _ in range(n):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        # Prove the proxy still serves while they are open.
+        alive = http_status_ok(port)
+        after = status_kib(pid_list(), "VmRSS")
+    finally:
+        for s in socks:
+            s.close()
+    return {"connections": n, "rss_before_kib": before, "rss_with_idle_kib": after, "still_serving": alive}
+
+
+def http_status_ok(port):
+    return http(port, "GET", "/api/v3/contents/generations/tasks", TOKEN)[0] == 200
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, writes only bench/out/")
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    levels = [16] if args.smoke else [16, 64, 256]
+    duration = 1 if args.smoke else args.duration
+    rounds = 1 if args.smoke else args.rounds
+    idle_n = 500 if args.smoke else 10_000
+
+    work = BENCH / "out"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    setup = Setup(work)
+    try:
+        setup.start_mock()
+        setup.start_gateway()
+        setup.start_nginx()
+        status, body = http(setup.gateway_port, "POST", "/api/v3/contents/generations/tasks", TOKEN,
+                            '{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"x"}]}')
+        assert status == 200, body
+        task = json.loads(body)["id"]
+        path = f"/api/v3/contents/generations/tasks/{task}"
+        for port, token in ((setup.mock_port, KEY), (setup.nginx_port, TOKEN), (setup.gateway_port, TOKEN)):
+            s, b = http(port, "GET", path, token)
+            assert s == 200, (port, s, b)
+
+        targets = {
+            "direct": (f"http://127.0.0.1:{setup.mock_port}{path}", KEY, lambda: [setup.mock.pid]),
+            "nginx": (f"http://127.0.0.1:{setup.nginx_port}{path}", TOKEN, setup.nginx_pids),
+            "ark-gateway": (f"http://127.0.0.1:{setup.gateway_port}{path}", TOKEN, lambda: [setup.gateway.pid]),
+        }
+        runs = {name: {c: [] for c in levels} for name in targets}
+        order = list(targets)
+        for c in levels:
+            for r in range(rounds):
+                # Interleaved, with the order rotated each round, so drift hits all alike.
+                for name in order[r % 3:] + order[:r % 3]:
+                    url, token, pids = targets[name]
+                    cpu0 = cpu_seconds(pids())
+                    res = wrk(url, c, duration, token=token)
+                    res["proxy_cpu_s"] = cpu_seconds(pids()) - cpu0
+                    if res["non2xx"] or res["socket_errors"]:
+                        raise RuntimeError(f"{name} c={c}: {res['non2xx']} non-2xx, {res['socket_errors']} socket errors")
+                    runs[name][c].append(res)
+                    print(f"{name:12} c={c:<4} {res['rps']:>9.0f} req/s  p50 {res['p50']/1000:6.2f} ms  p99 {res['p99']/1000:6.2f} ms", flush=True)
+
+        summary = {}
+        for name, per_level in runs.items():
+            summary[name] = {}
+            for c, rs in per_level.items():
+                requests = sum(r["requests"] for r in rs)
+                summary[name][c] = {
+                    "rps": sum(r["rps"] for r in rs) / len(rs),
+                    "p50_ms": sum(r["p50"] for r in rs) / len(rs) / 1000,
+                    "p90_ms": sum(r["p90"] for r in rs) / len(rs) / 1000,
+                    "p99_ms": sum(r["p99"] for r in rs) / len(rs) / 1000,
+                    "p999_ms": sum(r["p999"] for r in rs) / len(rs) / 1000,
+                    "cpu_s_per_10k": sum(r["proxy_cpu_s"] for r in rs) / requests * 10_000 if name != "direct" else None,
+                    "requests": requests,
+                }
+        peak = {
+            "nginx": status_kib(setup.nginx_pids(), "VmHWM"),
+            "ark-gateway": status_kib([setup.gateway.pid], "VmHWM"),
+        }
+
+        # Durable creates through the ledger.
+        cpu0 = cpu_seconds([setup.gateway.pid])
+        creates = wrk(f"http://127.0.0.1:{setup.gateway_port}/api/v3/contents/generations/tasks", 64, duration * 2 if not args.smoke else 1, script="create.lua")
+        if creates["non2xx"] or creates["socket_errors"]:
+            raise RuntimeError(f"creates: {creates['non2xx']} non-2xx, {creates['socket_errors']} socket errors")
+        creates["cpu_s_per_10k"] = (cpu_seconds([setup.gateway.pid]) - cpu0) / creates["requests"] * 10_000
+        print(f"creates      c=64   {creates['rps']:>9.0f} creates/s (durable ledger writes)", flush=True)
+
+        idle = {
+            "ark-gateway": idle_connections_rss(setup.gateway_port, lambda: [setup.gateway.pid], idle_n),
+            "nginx": idle_connections_rss(setup.nginx_port, setup.nginx_pids, idle_n),
+        }
+        for name, v in idle.items():
+            print(f"idle         {name:12} {v['connections']} connections: {v['rss_with_idle_kib']/1024:.1f} MiB RSS (serving: {v['still_serving']})", flush=True)
+        audit_lines = sum(1 for _ in open(work / "gateway-audit.jsonl"))
+    finally:
+        setup.stop()
+
+    verify = subprocess.run([str(BIN), "audit", "verify", str(work / "gateway-audit.jsonl")], capture_output=True, text=True)
+    result = {
+        "machine": {"cores": os.cpu_count(), "kernel": os.uname().release, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())},
+        "mode": "smoke" if args.smoke else "full",
+        "duration_s": duration, "rounds": rounds, "levels": levels,
+        "summary": summary, "peak_rss_kib": peak, "creates": creates, "idle": idle,
+        "audit": {"lines": audit_lines, "verify": verify.stdout.strip()},
+        "raw": runs,
+    }
+    (work / "results.json").write_text(json.dumps(result, indent=2))
+    md = render(result)
+    (work / "RESULTS.md").write_text(md)
+    if not args.smoke:
+        shutil.copy(work / "results.json", BENCH / "results.json")
+        shutil.copy(work / "RESULTS.md", BENCH / "RESULTS.md")
+    print(md)
+    if verify.returncode != 0:
+        print("the gateway's audit chain did not verify", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render(r):
+    s = r["summary"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{r['machine']['date']} UTC, {r['machine']['cores']} cores, kernel {r['machine']['kernel']}; "
+        f"{r['mode']} run: {r['rounds']} interleaved rounds of {r['duration_s']} s per path and level; "
+        "wrk, the proxies and the mock upstream share the machine.",
+        "",
+        "GET task (`GET /api/v3/contents/generations/tasks/{id}`), answered from memory by `ark-gateway mock-upstream`.",
+        "nginx: token → tenant `map`, `limit_req` per tenant, `proxy_set_header Authorization` with the key, "
+        "keep-alive upstream pool, JSON access log to a file. ark-gateway: full policy (auth, limits, ledger "
+        "ownership check, key injection), hash-chained audit file, each record written before its response.",
+        "",
+        "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("direct", "nginx", "ark-gateway"):
+        for c in r["levels"]:
+            v = s[name][c]
+            cpu = "-" if v["cpu_s_per_10k"] is None else f"{v['cpu_s_per_10k']:.3f}"
+            lines.append(f"| {name} | {c} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | {cpu} |")
+    lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 |", "| ---: | ---: | ---: | ---: |"]
+    for c in r["levels"]:
+        g, n, d = s["ark-gateway"][c], s["nginx"][c], s["direct"][c]
+        lines.append(f"| {c} | {g['rps']/n['rps']:.2f} | {g['rps']/d['rps']:.2f} | {g['p99_ms']/n['p99_ms']:.2f} |")
+    idle = r["idle"]
+    lines += [
+        "",
+        f"Peak RSS during the runs: ark-gateway {r['peak_rss_kib']['ark-gateway']/1024:.1f} MiB, nginx (all processes) {r['peak_rss_kib']['nginx']/1024:.1f} MiB.",
+        "",
+        f"Idle keep-alive connections ({idle['ark-gateway']['connections']}): ark-gateway {idle['ark-gateway']['rss_with_idle_kib']/1024:.1f} MiB RSS "
+        f"(from {idle['ark-gateway']['rss_before_kib']/1024:.1f}), nginx {idle['nginx']['rss_with_idle_kib']/1024:.1f} MiB "
+        f"(from {idle['nginx']['rss_before_kib']/1024:.1f}); both still served new clients: "
+        f"{idle['ark-gateway']['still_serving'] and idle['nginx']['still_serving']}.",
+        "",
+        f"Durable creates through the ledger (64 connections): {r['creates']['rps']:.0f} creates/s, "
+        f"p99 {r['creates']['p99']/1000:.2f} ms, {r['creates']['cpu_s_per_10k']:.3f} CPU s / 10k.",
+        "",
+        f"Audit: {r['audit']['lines']} records; `ark-gateway audit verify`: {r['audit']['verify']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark: ark-gateway vs nginx vs direct, on loopback only.
+#   bench/run.sh           full run (a few minutes); writes bench/RESULTS.md and bench/results.json
+#   bench/run.sh --smoke   a few seconds; writes only bench/out/ (the test command runs this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet --bin ark-gateway
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec python3 bench/bench.py "$@"
