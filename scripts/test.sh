@@ -11,6 +11,16 @@ step() { printf '\n==> %s\n' "$*"; }
 # limit to the hard one where it is lower.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Debian packages the tests need: redis-server for the multi-replica tests
+# (each test starts its own on a unix socket). The benchmark smoke installs
+# wrk and nginx itself.
+if ! command -v redis-server >/dev/null; then
+  step "installing redis-server from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -30,3 +40,6 @@ ARK_GATEWAY_BIN="$PWD/target/debug/ark-gateway" .venv/bin/python -m pytest -q te
 
 step "fuzz smoke: every fuzz target for a few seconds (scripts/fuzz.sh runs longer)"
 ./scripts/fuzz.sh 5
+
+step "benchmark smoke: bench/run.sh --smoke (the full run: bench/run.sh)"
+bench/run.sh --smoke

@@ -77,6 +77,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub ledger: Arc<dyn Ledger>,
+    /// The rate limiter's Redis, when limits are shared.
+    pub limiter_redis: Option<Arc<crate::redis_backend::Redis>>,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -95,10 +97,15 @@ pub async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Fu
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let ledger = state.ledger.task_count();
+            let ledger = state.ledger.check().await;
+            let limiter = match &state.limiter_redis {
+                Some(redis) => redis.ping().await,
+                None => true,
+            };
             let checks = [
                 ("config", true),
                 ("ledger", ledger.is_ok()),
+                ("rate_limiter", limiter),
                 ("upstream", state.health.upstream_fresh()),
                 ("not_draining", !state.health.draining()),
             ];

@@ -56,6 +56,8 @@ pub async fn start(listen: SocketAddr) -> Result<(MockUpstream, RunningGateway),
         admin_listener: None,
         audit,
         ledger,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+        store_redis: None,
         config_path: None,
         env: Arc::new(crate::config::process_env),
     })?;

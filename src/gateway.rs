@@ -16,10 +16,12 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Health};
 use crate::audit::{AuditSink, AuditWriter};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend};
 use crate::forward::{build_client, Forward};
-use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, IDEMPOTENCY_WINDOW};
+use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPOTENCY_WINDOW};
 use crate::metrics::Metrics;
+use crate::rate_limit::{GlobalLimit, RateLimits, RedisLimiter};
+use crate::redis_backend::{Redis, RedisDown};
 use crate::runtime::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
 use crate::stack::{self, StackParts};
 
@@ -48,6 +50,8 @@ pub enum StartError {
     Tls(#[from] rustls::Error),
     #[error("cannot open the task ledger: {0}")]
     Ledger(#[from] LedgerError),
+    #[error("cannot set up redis: {0}")]
+    Redis(#[from] RedisDown),
 }
 
 /// Everything a gateway is started from. Tests build it by hand to inject a
@@ -58,6 +62,10 @@ pub struct GatewayParts {
     pub admin_listener: Option<TcpListener>,
     pub audit: (AuditSink, AuditWriter),
     pub ledger: Arc<dyn Ledger>,
+    /// Shared with the ledger when it is on Redis (its outage metrics).
+    pub metrics: Arc<Metrics>,
+    /// The ledger's Redis connection, reused for rate limits on the same URL.
+    pub store_redis: Option<Arc<Redis>>,
     /// Where reloads read the config from (none: no reload, no file watch).
     pub config_path: Option<PathBuf>,
     /// How reloads resolve `upstream.api_key_env`.
@@ -67,14 +75,8 @@ pub struct GatewayParts {
 /// Opens the ledger and the audit sink, binds both listeners, and serves in
 /// the background. `config_path` enables SIGHUP-style and on-change reloads.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<RunningGateway, StartError> {
-    let ledger = RedbLedger::open(&config.store.path)?;
-    match ledger.unsettled_creates() {
-        Ok(unsettled) if !unsettled.is_empty() => tracing::warn!(
-            count = unsettled.len(),
-            "creates forwarded before the last stop were never settled; their tasks may exist upstream without an owner (see `ark-gateway tasks list`)"
-        ),
-        _ => {}
-    }
+    let metrics = Arc::new(Metrics::new());
+    let (ledger, store_redis) = open_ledger(&config, &metrics)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -88,10 +90,39 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         listener,
         admin_listener: Some(admin_listener),
         audit,
-        ledger: Arc::new(ledger),
+        ledger,
+        metrics,
+        store_redis,
         config_path,
         env: Arc::new(crate::config::process_env),
     })
+}
+
+/// A ledger, and the Redis connection under it when it has one.
+pub type OpenedLedger = (Arc<dyn Ledger>, Option<Arc<Redis>>);
+
+/// Opens the ledger `store.backend` names (and returns its Redis connection, if any).
+pub fn open_ledger(config: &Config, metrics: &Arc<Metrics>) -> Result<OpenedLedger, StartError> {
+    match &config.store.backend {
+        StoreBackend::Redb => {
+            let ledger = RedbLedger::open(&config.store.path)?;
+            match ledger.unsettled_creates() {
+                Ok(unsettled) if !unsettled.is_empty() => tracing::warn!(
+                    count = unsettled.len(),
+                    "creates forwarded before the last stop were never settled; their tasks may exist upstream without an owner (see `ark-gateway tasks list`)"
+                ),
+                _ => {}
+            }
+            Ok((Arc::new(ledger), None))
+        }
+        StoreBackend::Redis(url) => {
+            let redis = Redis::connect(url, &config.store.key_prefix, metrics.clone())?;
+            Ok((
+                Arc::new(RedisLedger::new(redis.clone(), config.store.retention)),
+                Some(redis),
+            ))
+        }
+    }
 }
 
 /// Serves from prepared parts in the background.
@@ -102,6 +133,8 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         admin_listener,
         audit: (audit, writer),
         ledger,
+        metrics,
+        store_redis,
         config_path,
         env,
     } = parts;
@@ -119,8 +152,22 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         .as_ref()
         .map(crate::server::tls_acceptor)
         .transpose()?;
-    let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let shared_limits = match &config.rate_limit {
+        RateLimitBackend::Local => None,
+        // One connection (and one outage count) per Redis: reuse the ledger's.
+        RateLimitBackend::Redis(url) => Some(Arc::new(RedisLimiter::new(
+            match (&config.store.backend, store_redis) {
+                (StoreBackend::Redis(store_url), Some(redis)) if store_url == url => redis,
+                _ => Redis::connect(url, &config.store.key_prefix, metrics.clone())?,
+            },
+        ))),
+    };
+    let limiter_redis = shared_limits.as_ref().map(|l| l.redis().clone());
+    let rate_limits = Arc::new(RateLimits {
+        shared: shared_limits,
+        global: config.upstream.requests_per_minute.map(GlobalLimit::new),
+    });
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
     let client = build_client(&config.upstream)?;
     let service = stack::build(StackParts {
@@ -129,6 +176,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         on_audit_failure: config.audit.on_failure,
         metrics: metrics.clone(),
         ledger: ledger.clone(),
+        rate_limits,
         forward: Forward::new(client, &config.upstream, metrics.clone(), health.clone()),
     });
 
@@ -157,6 +205,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             metrics: metrics.clone(),
             health: health.clone(),
             ledger: ledger.clone(),
+            limiter_redis,
         };
         let admin_config = crate::config::ServerConfig {
             tls: None,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mock_upstream;
 pub mod policy;
 pub mod rate_limit;
+pub mod redis_backend;
 pub mod request_id;
 pub mod rescue;
 pub mod route;

@@ -165,7 +165,23 @@ fn tasks_command(config: &std::path::Path, action: TasksAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let ledger = match RedbLedger::open(&view.store_path) {
+    let runtime = runtime();
+    let opened: Result<Box<dyn Ledger>, LedgerError> = match &view.redis {
+        Some((url, prefix)) => {
+            let _guard = runtime.enter();
+            let metrics = std::sync::Arc::new(ark_gateway::metrics::Metrics::new());
+            ark_gateway::redis_backend::Redis::connect(url, prefix, metrics)
+                .map(|redis| {
+                    Box::new(ark_gateway::ledger::RedisLedger::new(
+                        redis,
+                        std::time::Duration::from_secs(30 * 86400),
+                    )) as Box<dyn Ledger>
+                })
+                .map_err(|e| LedgerError::Unavailable(e.to_string()))
+        }
+        None => RedbLedger::open(&view.store_path).map(|l| Box::new(l) as Box<dyn Ledger>),
+    };
+    let ledger = match opened {
         Ok(l) => l,
         Err(LedgerError::InUse) => {
             eprintln!(
@@ -181,7 +197,7 @@ fn tasks_command(config: &std::path::Path, action: TasksAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime().block_on(async {
+    let result = runtime.block_on(async {
         match action {
             TasksAction::List { tenant } => {
                 let records = ledger.all_tasks(tenant.as_deref()).await?;

@@ -61,6 +61,8 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     ledger_tasks: Gauge<i64, AtomicI64>,
     reloads: Family<ResultLabel, Counter>,
+    redis_up: Gauge,
+    redis_outages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +120,18 @@ impl Metrics {
         registry.register("ledger_tasks", "Ownership records in the ledger", ledger_tasks.clone());
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while the shared Redis answers (Redis backends only)",
+            redis_up.clone(),
+        );
+        let redis_outages = Counter::default();
+        registry.register(
+            "redis_outages",
+            "Redis outages seen (counted once per outage)",
+            redis_outages.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
         build
@@ -135,6 +149,8 @@ impl Metrics {
             upstream_errors,
             ledger_tasks,
             reloads,
+            redis_up,
+            redis_outages,
         }
     }
 
@@ -191,6 +207,15 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" },
             })
             .inc();
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    pub fn redis_outage(&self) {
+        self.redis_outages.inc();
+        self.redis_up.set(0);
     }
 
     pub fn set_ledger_tasks(&self, n: u64) {

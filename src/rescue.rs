@@ -65,6 +65,10 @@ pub enum GatewayError {
     TenantRateLimited { retry_after: Duration },
     #[error("Too many requests are in flight to the upstream service; retry shortly.")]
     UpstreamBusy,
+    #[error("The shared upstream quota is exhausted; retry after {} s.", retry_after_secs(*.retry_after))]
+    UpstreamQuotaExceeded { retry_after: Duration },
+    #[error("The rate limiter is unavailable; the request was not forwarded.")]
+    RateLimiterUnavailable,
     #[error("The upstream service could not be reached ({kind}).")]
     UpstreamUnavailable { kind: UpstreamFailure, fate_unknown: bool },
     #[error("The upstream service did not answer in time.")]
@@ -129,10 +133,12 @@ impl GatewayError {
             IdempotencyConflict => StatusCode::CONFLICT,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            TenantRateLimited { .. } | UpstreamBusy => StatusCode::TOO_MANY_REQUESTS,
+            TenantRateLimited { .. } | UpstreamBusy | UpstreamQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable | RateLimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -158,10 +164,12 @@ impl GatewayError {
             IdempotencyConflict => "IdempotencyKeyConflict",
             BodyTooLarge { .. } => "RequestTooLarge",
             ClientBodyTimeout => "RequestTimeout",
-            TenantRateLimited { .. } | UpstreamBusy => "RateLimitExceeded",
+            TenantRateLimited { .. } | UpstreamBusy | UpstreamQuotaExceeded { .. } => "RateLimitExceeded",
             UpstreamUnavailable { .. } => "UpstreamUnavailable",
             UpstreamTimeout { .. } => "UpstreamTimeout",
-            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable => "ServiceUnavailable",
+            LedgerUnavailable | OwnershipNotRecorded | AuditUnavailable | RateLimiterUnavailable => {
+                "ServiceUnavailable"
+            }
         }
     }
 
@@ -221,6 +229,8 @@ impl GatewayError {
             ClientBodyError => "client_body_error",
             TenantRateLimited { .. } => "tenant_rate_limited",
             UpstreamBusy => "upstream_concurrency_limited",
+            UpstreamQuotaExceeded { .. } => "upstream_quota_exceeded",
+            RateLimiterUnavailable => "rate_limiter_unavailable",
             UpstreamUnavailable { kind, .. } => match kind {
                 UpstreamFailure::Connect => "upstream_connect_failed",
                 UpstreamFailure::Protocol => "upstream_protocol_error",
@@ -259,7 +269,7 @@ impl GatewayError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
-            GatewayError::TenantRateLimited { retry_after } => {
+            GatewayError::TenantRateLimited { retry_after } | GatewayError::UpstreamQuotaExceeded { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
             }
             GatewayError::UpstreamBusy => {

@@ -109,6 +109,14 @@ pub async fn serve<S>(
         let tls = tls.clone();
         let handshake_timeout = config.header_read_timeout;
         connections.spawn(async move {
+            // An idle new connection costs only its socket until the client
+            // sends something: hyper allocates its buffers on the first poll,
+            // which would make 10,000 idle connections cost ~100 MB.
+            match tokio::time::timeout(handshake_timeout, stream.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return tracing::debug!(peer = %peer, "connection sent nothing in time; closed"),
+            }
             match tls {
                 None => serve_connection(&builder, watcher, stream, peer, None, service).await,
                 Some(acceptor) => {

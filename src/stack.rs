@@ -16,7 +16,7 @@ use crate::inject::InjectCredentialLayer;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::policy::PolicyLayer;
-use crate::rate_limit::RateLimitLayer;
+use crate::rate_limit::{RateLimitLayer, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::rescue::{GatewayResponse, RescueLayer};
 use crate::runtime::SharedSnapshot;
@@ -29,6 +29,7 @@ pub struct StackParts {
     pub on_audit_failure: OnAuditFailure,
     pub metrics: Arc<Metrics>,
     pub ledger: Arc<dyn Ledger>,
+    pub rate_limits: Arc<RateLimits>,
     pub forward: Forward,
 }
 
@@ -56,7 +57,7 @@ where
         .layer(AuthLayer::new(parts.shared.clone()))
         // 5. Per-tenant rate limit: needs the tenant, and runs before any body
         //    is read, so a tenant over its limit is cheap to refuse.
-        .layer(RateLimitLayer)
+        .layer(RateLimitLayer::new(parts.rate_limits))
         // 6. Route + task-id policy: the only layer that reads bodies and
         //    decides which ids a request may touch.
         .layer(PolicyLayer::new(parts.shared.clone(), parts.ledger))

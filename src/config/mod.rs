@@ -38,7 +38,17 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub store: StoreConfig,
     pub audit: AuditConfig,
+    pub rate_limit: RateLimitBackend,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// Where per-tenant and global rate-limit state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    /// In this process (limits hold per replica).
+    Local,
+    /// Shared by every replica using this Redis.
+    Redis(crate::redis_backend::RedisUrl),
 }
 
 #[derive(Debug, Clone)]
@@ -88,12 +98,26 @@ pub struct UpstreamConfig {
     pub allow_insecure_http: bool,
     /// Extra trust anchors (PEM) besides the webpki roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// The shared Ark quota: requests per minute toward Ark across all tenants
+    /// (and, with the Redis rate-limit backend, across all replicas).
+    pub requests_per_minute: Option<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
     pub path: PathBuf,
     pub retention: Duration,
+    /// Prefix of every Redis key the gateway writes.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// One redb file at `store.path`.
+    Redb,
+    /// Redis, shared by replicas.
+    Redis(crate::redis_backend::RedisUrl),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +281,8 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct StoreView {
     pub store_path: PathBuf,
+    /// `Some` when `store.backend = "redis"`: (url, key prefix).
+    pub redis: Option<(crate::redis_backend::RedisUrl, String)>,
     pub tenant_names: Vec<String>,
 }
 
@@ -265,7 +291,18 @@ impl StoreView {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("(file)", format!("cannot read {}: {e}", path.display())))?;
         let raw: raw::RawConfig = toml::from_str(&text).map_err(|e| ConfigError::parse(e, &text))?;
+        let redis = match (raw.store.backend.as_deref(), raw.store.url.as_deref()) {
+            (Some("redis"), Some(url)) => Some((
+                crate::redis_backend::RedisUrl::parse(url).map_err(|e| ConfigError::single("store.url", e))?,
+                raw.store
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "ark-gateway:".to_string()),
+            )),
+            _ => None,
+        };
         Ok(Self {
+            redis,
             store_path: PathBuf::from(raw.store.path.as_deref().unwrap_or(validate::DEFAULT_STORE_PATH)),
             tenant_names: raw.tenants.into_iter().filter_map(|t| t.name).collect(),
         })

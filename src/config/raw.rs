@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub rate_limit: RawRateLimitBackend,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<RawTenant>,
 }
@@ -58,11 +60,23 @@ pub struct RawUpstream {
     #[serde(default)]
     pub allow_insecure_http: bool,
     pub ca_file: Option<String>,
+    pub requests_per_minute: Option<i64>,
+    pub requests_burst: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitBackend {
+    pub backend: Option<String>,
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
     pub path: Option<String>,
     pub retention: Option<String>,
 }

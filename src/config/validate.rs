@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::raw::{RawConfig, RawRateLimit, RawTenant};
 use super::*;
+use crate::redis_backend::RedisUrl;
 use crate::route::{is_task_id, Operation, TaskId};
 use crate::secret::ArkApiKey;
 
@@ -184,6 +185,34 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         ),
         allow_insecure_http: up.allow_insecure_http,
         extra_roots,
+        requests_per_minute: up.requests_per_minute.and_then(|rpm| {
+            let rate = u32::try_from(rpm).ok().and_then(NonZeroU32::new);
+            if rate.is_none() {
+                p.push(
+                    "upstream.requests_per_minute",
+                    format!("{rpm} must be a whole number from 1 to {}", u32::MAX),
+                );
+            }
+            let default_burst = NonZeroU32::new(rate?.get().div_ceil(60)).unwrap_or(NonZeroU32::MIN);
+            let burst = match up.requests_burst {
+                None => default_burst,
+                Some(b) => match u32::try_from(b).ok().and_then(NonZeroU32::new) {
+                    Some(b) => b,
+                    None => {
+                        p.push(
+                            "upstream.requests_burst",
+                            format!("{b} must be a whole number from 1 to {}", u32::MAX),
+                        );
+                        default_burst
+                    }
+                },
+            };
+            Some(RateLimitConfig {
+                per: RatePeriod::Minute,
+                rate: rate?,
+                burst,
+            })
+        }),
         base_url: base_url.unwrap_or_else(|| Uri::from_static("https://invalid.invalid")),
         api_key: match api_key {
             Some(key) => key,
@@ -191,7 +220,52 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         },
     };
 
+    let redis_url = |p: &mut Problems, key: &str, url: Option<&str>| -> Option<RedisUrl> {
+        match url {
+            None => {
+                p.push(key, "is required with the redis backend");
+                None
+            }
+            Some(url) => RedisUrl::parse(url).map_err(|e| p.push(key, e)).ok(),
+        }
+    };
+    let store_backend = match raw.store.backend.as_deref().unwrap_or("redb") {
+        "redb" => {
+            if raw.store.url.is_some() {
+                p.push("store.url", "only applies when store.backend = \"redis\"");
+            }
+            StoreBackend::Redb
+        }
+        "redis" => {
+            redis_url(&mut p, "store.url", raw.store.url.as_deref()).map_or(StoreBackend::Redb, StoreBackend::Redis)
+        }
+        other => {
+            p.push("store.backend", format!("{other:?} is not one of \"redb\", \"redis\""));
+            StoreBackend::Redb
+        }
+    };
+    let rate_limit = match raw.rate_limit.backend.as_deref().unwrap_or("local") {
+        "local" => RateLimitBackend::Local,
+        "redis" => {
+            // Defaults to the store's Redis.
+            let url = raw.rate_limit.url.as_deref().or(raw.store.url.as_deref());
+            redis_url(&mut p, "rate_limit.url", url).map_or(RateLimitBackend::Local, RateLimitBackend::Redis)
+        }
+        other => {
+            p.push(
+                "rate_limit.backend",
+                format!("{other:?} is not one of \"local\", \"redis\""),
+            );
+            RateLimitBackend::Local
+        }
+    };
     let store = StoreConfig {
+        backend: store_backend,
+        key_prefix: raw
+            .store
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| "ark-gateway:".to_string()),
         path: PathBuf::from(raw.store.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
         retention: p.duration("store.retention", raw.store.retention.as_deref(), "30d"),
     };
@@ -262,6 +336,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             upstream,
             store,
             audit,
+            rate_limit,
             tenants,
         })
     } else {

@@ -10,6 +10,7 @@
 //! after it, committed before the tenant sees the new id.
 
 mod redb_store;
+mod redis_store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::{RedbLedger, StoreFaults};
+pub use redis_store::RedisLedger;
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -113,6 +115,22 @@ pub struct SweepReport {
     pub intents: usize,
 }
 
+/// The state of an Idempotency-Key, as both stores keep it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyStatus {
+    Pending,
+    Done,
+    Unknown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KeyEntry {
+    pub(crate) status: KeyStatus,
+    pub(crate) task_id: Option<String>,
+    pub(crate) at_ms: u64,
+}
+
 /// The ownership ledger as the policy sees it.
 pub trait Ledger: Send + Sync + 'static {
     /// Durably records that a create is about to be forwarded.
@@ -138,6 +156,11 @@ pub trait Ledger: Send + Sync + 'static {
     fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport>;
     /// Number of ownership records.
     fn task_count(&self) -> Result<u64, LedgerError>;
+    /// Whether the store answers (for `/readyz`).
+    fn check(&self) -> LedgerFuture<'_, ()> {
+        let result = self.task_count().map(|_| ());
+        Box::pin(std::future::ready(result))
+    }
 }
 
 /// Unix milliseconds now.

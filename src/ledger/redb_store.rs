@@ -33,21 +33,6 @@ const WRITE_QUEUE: usize = 8192;
 const MAX_GROUP: usize = 512;
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum KeyStatus {
-    Pending,
-    Done,
-    Unknown,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct KeyEntry {
-    status: KeyStatus,
-    task_id: Option<String>,
-    at_ms: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
 struct IntentEntry {
     tenant: String,
     idempotency_key: Option<String>,
@@ -315,6 +300,13 @@ fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerErr
     Ok(())
 }
 
+/// A record as the write transaction sees it.
+fn read_task(txn: &WriteTransaction, task_id: &str) -> Result<Option<TaskRecord>, LedgerError> {
+    let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+    let value = tasks.get(task_id).map_err(unavailable)?;
+    Ok(value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok()))
+}
+
 fn remove_task(txn: &WriteTransaction, task_id: &str) -> Result<bool, LedgerError> {
     let old: Option<Option<TaskRecord>> = {
         let mut tasks = txn.open_table(TASKS).map_err(unavailable)?;
@@ -399,12 +391,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
             Ok(Outcome::Unit)
         }
         Op::SetState(task_id, state) => {
-            let record = {
-                let tasks = txn.open_table(TASKS).map_err(unavailable)?;
-                let value = tasks.get(task_id.as_str()).map_err(unavailable)?;
-                value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
-            };
-            if let Some(mut record) = record {
+            if let Some(mut record) = read_task(txn, &task_id)? {
                 record.state = state;
                 put_task(txn, &record)?;
             }
@@ -412,12 +399,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
         }
         Op::Grant(tenant, ids, at_ms) => {
             for id in &ids {
-                let existing = {
-                    let tasks = txn.open_table(TASKS).map_err(unavailable)?;
-                    let value = tasks.get(id.as_str()).map_err(unavailable)?;
-                    value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
-                };
-                let record = match existing {
+                let record = match read_task(txn, id)? {
                     Some(mut r) => {
                         r.tenant = tenant.clone();
                         r

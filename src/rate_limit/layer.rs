@@ -1,17 +1,30 @@
+use std::sync::Arc;
+
 use tower::Layer;
 
-use super::RateLimitService;
+use super::{RateLimitService, RateLimits};
 
-/// Applies the authenticated tenant's limiter. Sits after authentication (it
-/// needs the tenant) and before any body is read or any policy work is done, so
-/// that a tenant over its limit costs the gateway as little as possible.
-#[derive(Debug, Clone, Default)]
-pub struct RateLimitLayer;
+/// Applies the tenant's limit and the shared Ark quota. Sits after
+/// authentication (it needs the tenant) and before any body is read or any
+/// policy work is done, so that a caller over its limit costs little.
+#[derive(Clone, Default)]
+pub struct RateLimitLayer {
+    limits: Arc<RateLimits>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limits: Arc<RateLimits>) -> Self {
+        Self { limits }
+    }
+}
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimitService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService { inner }
+        RateLimitService {
+            inner,
+            limits: self.limits.clone(),
+        }
     }
 }

@@ -271,6 +271,8 @@ impl TestEnv {
             admin_listener: Some(admin_listener),
             audit,
             ledger: Arc::new(ledger),
+            metrics: Arc::new(ark_gateway::metrics::Metrics::new()),
+            store_redis: None,
             config_path: Some(self.config_path()),
             env: Arc::new(test_env),
         })

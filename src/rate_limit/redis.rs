@@ -1,0 +1,67 @@
+//! GCRA on Redis: one atomic Lua script per check (one round trip), on
+//! Redis's own clock, so that every replica shares one bucket per key and a
+//! limit of 10/s means 10/s in total.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{RateLimitConfig, RatePeriod};
+use crate::redis_backend::{Redis, RedisDown};
+
+/// `KEYS[1]`: the bucket; `ARGV[1]`: emission interval (ms); `ARGV[2]`: burst
+/// tolerance (ms). Returns `{1, 0}` (allowed) or `{0, ms to wait}`.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local wait = tat - now - tolerance
+if wait > 0 then return {0, math.ceil(wait)} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, 0}
+"#;
+
+pub struct RedisLimiter {
+    redis: Arc<Redis>,
+    script: redis::Script,
+}
+
+impl RedisLimiter {
+    pub fn new(redis: Arc<Redis>) -> Self {
+        Self {
+            redis,
+            script: redis::Script::new(GCRA),
+        }
+    }
+
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
+    /// Takes one cell of `bucket`, or says how long until one is free.
+    pub async fn check(&self, bucket: &str, limit: &RateLimitConfig) -> Result<Result<(), Duration>, RedisDown> {
+        let period_ms = match limit.per {
+            RatePeriod::Second => 1_000.0,
+            RatePeriod::Minute => 60_000.0,
+        };
+        let interval = period_ms / f64::from(limit.rate.get());
+        let tolerance = interval * f64::from(limit.burst.get() - 1);
+        let mut conn = self.redis.conn();
+        let (allowed, wait_ms): (i64, i64) = self.redis.observe(
+            self.script
+                .key(self.redis.key(&format!("rl:{bucket}")))
+                .arg(interval)
+                .arg(tolerance)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(if allowed == 1 {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(wait_ms.max(1) as u64))
+        })
+    }
+}

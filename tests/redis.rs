@@ -1,0 +1,308 @@
+//! Several replicas on one Redis: shared rate limits, shared ownership, and
+//! fail-closed behaviour through a Redis outage. Each test starts its own
+//! `redis-server` on a unix socket in a temporary directory (no ports).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ark_gateway::audit::AuditSink;
+use ark_gateway::gateway::{open_ledger, start_with, GatewayParts, RunningGateway};
+use ark_gateway::metrics::Metrics;
+use ark_gateway::mock_upstream::{MockOptions, MockUpstream};
+use common::*;
+use tokio::net::TcpListener;
+
+struct RedisServer {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by the test command");
+        let server = Self {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_until_ready();
+        server
+    }
+
+    /// Waits (bounded) until the server answers PING on its socket.
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let ok = Command::new("redis-cli")
+                .arg("-s")
+                .arg(&self.socket)
+                .arg("PING")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not come up");
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        *self = RedisServer::start(&self.dir.clone());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Replica {
+    gateway: Option<RunningGateway>,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn tenants() -> String {
+    format!(
+        "{}\n[[tenant]]\nname = \"twenty\"\ntoken_sha256 = \"{}\"\noperations = [\"list\"]\nrate_limit = {{ per_second = 20, burst = 1 }}\n",
+        default_tenants(),
+        sha256_hex("token-twenty")
+    )
+}
+
+async fn replica(base_url: &str, redis_url: &str) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        base_url,
+        dir.path(),
+        "",
+        &format!("\n[rate_limit]\nbackend = \"redis\"\n{}", tenants()),
+    );
+    let store = format!("path = \"{}\"", dir.path().join("ledger.redb").display());
+    let text = text.replace(
+        &store,
+        &format!("backend = \"redis\"\nurl = \"{redis_url}\"\nkey_prefix = \"t:\""),
+    );
+    let config = parse_config(&text);
+    let metrics = Arc::new(Metrics::new());
+    let (ledger, store_redis) = open_ledger(&config, &metrics).unwrap();
+    let gateway = start_with(GatewayParts {
+        audit: AuditSink::start(&config.audit).unwrap(),
+        config,
+        listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin_listener: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        ledger,
+        metrics,
+        store_redis,
+        config_path: None,
+        env: Arc::new(test_env),
+    })
+    .unwrap();
+    Replica {
+        addr: gateway.addr(),
+        admin: gateway.admin_addr().unwrap(),
+        gateway: Some(gateway),
+        _dir: dir,
+    }
+}
+
+async fn mock() -> MockUpstream {
+    let mut options = MockOptions::new(UPSTREAM_KEY);
+    options.queued_for = Duration::from_secs(3600);
+    options.record = false;
+    MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap()
+}
+
+async fn call(addr: std::net::SocketAddr, method: &str, target: &str, token: &str, body: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    request(
+        addr,
+        method,
+        target,
+        &[("Authorization", auth.as_str())],
+        body.as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let mock = mock().await;
+    let replicas = [
+        replica(&mock.base_url(), &redis.url()).await,
+        replica(&mock.base_url(), &redis.url()).await,
+        replica(&mock.base_url(), &redis.url()).await,
+    ];
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut clients = Vec::new();
+    for r in &replicas {
+        for _ in 0..3 {
+            let (addr, allowed, refused) = (r.addr, allowed.clone(), refused.clone());
+            clients.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match call(addr, "GET", TASKS, "token-twenty", "").await.status {
+                        200 => allowed.fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected status {other}"),
+                    };
+                }
+            }));
+        }
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let allowed = allowed.load(Ordering::Relaxed);
+    assert!(
+        refused.load(Ordering::Relaxed) > allowed,
+        "the clients did not push past the limit"
+    );
+    // 20/s for 10 s across all three, plus the burst of 1: 201, within 10%.
+    assert!(
+        (180..=220).contains(&allowed),
+        "{allowed} allowed in 10 s at 20/s over three replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_on_one_replica_is_owned_on_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let mock = mock().await;
+    let r1 = replica(&mock.base_url(), &redis.url()).await;
+    let r2 = replica(&mock.base_url(), &redis.url()).await;
+    let r3 = replica(&mock.base_url(), &redis.url()).await;
+    let created = call(r1.addr, "POST", TASKS, ALPHA, CREATE_BODY).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let listed = call(r3.addr, "GET", TASKS, ALPHA, "").await.json();
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    assert_eq!(
+        call(r3.addr, "GET", &format!("{TASKS}/{id}"), ALPHA, "").await.status,
+        200
+    );
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(
+            call(r.addr, "GET", &format!("{TASKS}/{id}"), BETA, "").await.status,
+            403
+        );
+        assert_eq!(
+            call(r.addr, "DELETE", &format!("{TASKS}/{id}"), BETA, "").await.status,
+            403
+        );
+        assert_eq!(call(r.addr, "GET", TASKS, BETA, "").await.json()["total"], 0);
+    }
+    assert_eq!(
+        call(r3.addr, "DELETE", &format!("{TASKS}/{id}"), ALPHA, "")
+            .await
+            .status,
+        200
+    );
+    // An Idempotency-Key is shared too: a retry on another replica does not create again.
+    let auth = format!("Bearer {ALPHA}");
+    let headers = [("Authorization", auth.as_str()), ("Idempotency-Key", "across-replicas")];
+    let first = request(r1.addr, "POST", TASKS, &headers, CREATE_BODY.as_bytes()).await;
+    let again = request(r2.addr, "POST", TASKS, &headers, CREATE_BODY.as_bytes()).await;
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let mock = mock().await;
+    let mut r = replica(&mock.base_url(), &redis.url()).await;
+    let created = call(r.addr, "POST", TASKS, ALPHA, CREATE_BODY).await;
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let own = format!("{TASKS}/{id}");
+
+    redis.kill();
+    for _ in 0..3 {
+        for (method, target, body) in [
+            ("GET", own.as_str(), ""),
+            ("GET", TASKS, ""),
+            ("POST", TASKS, CREATE_BODY),
+        ] {
+            let reply = call(r.addr, method, target, ALPHA, body).await;
+            assert_eq!(reply.status, 503, "{method} {target}: {}", reply.text());
+            assert_eq!(reply.error_code(), "ServiceUnavailable");
+        }
+    }
+    let ready = request(r.admin, "GET", "/readyz", &[], b"").await;
+    assert_eq!(ready.status, 503);
+    let metrics = request(r.admin, "GET", "/metrics", &[], b"").await.text();
+    assert!(
+        metrics.contains("ark_gateway_redis_outages_total 1\n"),
+        "one outage, counted once:\n{metrics}"
+    );
+    assert!(metrics.contains("ark_gateway_redis_up 0"));
+
+    redis.restart();
+    // The connection manager reconnects in the background; wait (bounded) for readiness.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if request(r.admin, "GET", "/readyz", &[], b"").await.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not recover after redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = call(r.addr, "GET", &own, ALPHA, "").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "ownership from before the outage was lost: {}",
+        reply.text()
+    );
+    assert_eq!(call(r.addr, "GET", &own, BETA, "").await.status, 403);
+    r.gateway.take().unwrap().shutdown().await;
+}
