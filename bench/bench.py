@@ -111,9 +111,27 @@ class Setup:
         self.mock_port = int(self.mock_url.split(":")[2].split("/")[0])
         self.mock = mock
 
-    def start_gateway(self):
+    def start_redis(self):
+        self.redis_socket = self.work / "redis.sock"
+        redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(self.redis_socket),
+                                  "--unixsocketperm", "700", "--dir", str(self.work), "--appendonly", "yes",
+                                  "--appendfsync", "always", "--save", ""],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(redis)
+        self.redis_proc = redis
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            ok = subprocess.run(["redis-cli", "-s", str(self.redis_socket), "PING"], capture_output=True, text=True).stdout.strip()
+            if ok == "PONG":
+                return
+            time.sleep(0.05)  # startup poll in the bench driver, not a test
+        raise RuntimeError("redis-server did not start")
+
+    def start_gateway(self, name="gateway", redis=False):
         token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
-        config = self.work / "gateway.toml"
+        config = self.work / f"{name}.toml"
+        store = (f'backend = "redis"\nurl = "redis+unix://{self.redis_socket}"\n[rate_limit]\nbackend = "redis"'
+                 if redis else f'path = "{self.work / (name + "-ledger.redb")}"')
         config.write_text(f"""
 [server]
 listen = "127.0.0.1:0"
@@ -124,11 +142,11 @@ base_url = "{self.mock_url}"
 api_key_env = "BENCH_ARK_KEY"
 allow_insecure_http = true
 max_concurrent = 4096
-[store]
-path = "{self.work / 'ledger.redb'}"
 [audit]
 sink = "file"
-path = "{self.work / 'gateway-audit.jsonl'}"
+path = "{self.work / (name + '-audit.jsonl')}"
+[store]
+{store}
 [[tenant]]
 name = "bench"
 token_sha256 = "{token_hash}"
@@ -139,8 +157,8 @@ rate_limit = {{ per_second = 10000000, burst = 10000000 }}
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.procs.append(gw)
         line = wait_line(gw, "stderr", "tenant listener ready")
-        self.gateway_port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
-        self.gateway = gw
+        port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
+        return gw, port
 
     def start_nginx(self):
         port = free_port()
@@ -250,28 +268,45 @@ def main():
     setup = Setup(work)
     try:
         setup.start_mock()
-        setup.start_gateway()
+        setup.start_redis()
+        setup.gateway, setup.gateway_port = setup.start_gateway("gateway")
+        setup.redis_gateway, setup.redis_gateway_port = setup.start_gateway("gateway-redis", redis=True)
         setup.start_nginx()
-        status, body = http(setup.gateway_port, "POST", "/api/v3/contents/generations/tasks", TOKEN,
-                            '{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"x"}]}')
-        assert status == 200, body
-        task = json.loads(body)["id"]
-        path = f"/api/v3/contents/generations/tasks/{task}"
-        for port, token in ((setup.mock_port, KEY), (setup.nginx_port, TOKEN), (setup.gateway_port, TOKEN)):
-            s, b = http(port, "GET", path, token)
+        create_body = '{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"x"}]}'
+        paths = {}
+        for port in (setup.gateway_port, setup.redis_gateway_port):
+            status, body = http(port, "POST", "/api/v3/contents/generations/tasks", TOKEN, create_body)
+            assert status == 200, body
+            paths[port] = f"/api/v3/contents/generations/tasks/{json.loads(body)['id']}"
+        path = paths[setup.gateway_port]
+        for port, token, p in ((setup.mock_port, KEY, path), (setup.nginx_port, TOKEN, path),
+                               (setup.gateway_port, TOKEN, path), (setup.redis_gateway_port, TOKEN, paths[setup.redis_gateway_port])):
+            s, b = http(port, "GET", p, token)
             assert s == 200, (port, s, b)
+
+        # Idle connections first, on fresh processes, so that the figure is the
+        # cost of the connections, not of memory the allocator kept from load.
+        idle = {
+            "ark-gateway": idle_connections_rss(setup.gateway_port, lambda: [setup.gateway.pid], idle_n),
+            "nginx": idle_connections_rss(setup.nginx_port, setup.nginx_pids, idle_n),
+        }
+        for name, v in idle.items():
+            print(f"idle         {name:12} {v['connections']} connections: {v['rss_with_idle_kib']/1024:.1f} MiB RSS (serving: {v['still_serving']})", flush=True)
 
         targets = {
             "direct": (f"http://127.0.0.1:{setup.mock_port}{path}", KEY, lambda: [setup.mock.pid]),
             "nginx": (f"http://127.0.0.1:{setup.nginx_port}{path}", TOKEN, setup.nginx_pids),
             "ark-gateway": (f"http://127.0.0.1:{setup.gateway_port}{path}", TOKEN, lambda: [setup.gateway.pid]),
+            "ark-gateway+redis": (f"http://127.0.0.1:{setup.redis_gateway_port}{paths[setup.redis_gateway_port]}", TOKEN,
+                                  # The gateway and redis-server: the cost of sharing state.
+                                  lambda: [setup.redis_gateway.pid, setup.redis_proc.pid]),
         }
         runs = {name: {c: [] for c in levels} for name in targets}
         order = list(targets)
         for c in levels:
             for r in range(rounds):
                 # Interleaved, with the order rotated each round, so drift hits all alike.
-                for name in order[r % 3:] + order[:r % 3]:
+                for name in order[r % len(order):] + order[:r % len(order)]:
                     url, token, pids = targets[name]
                     cpu0 = cpu_seconds(pids())
                     res = wrk(url, c, duration, token=token)
@@ -307,14 +342,14 @@ def main():
             raise RuntimeError(f"creates: {creates['non2xx']} non-2xx, {creates['socket_errors']} socket errors")
         creates["cpu_s_per_10k"] = (cpu_seconds([setup.gateway.pid]) - cpu0) / creates["requests"] * 10_000
         print(f"creates      c=64   {creates['rps']:>9.0f} creates/s (durable ledger writes)", flush=True)
+        creates_redis = wrk(f"http://127.0.0.1:{setup.redis_gateway_port}/api/v3/contents/generations/tasks", 64,
+                            duration * 2 if not args.smoke else 1, script="create.lua")
+        if creates_redis["non2xx"] or creates_redis["socket_errors"]:
+            raise RuntimeError(f"redis creates: {creates_redis['non2xx']} non-2xx, {creates_redis['socket_errors']} socket errors")
+        print(f"creates+redis c=64  {creates_redis['rps']:>9.0f} creates/s (Redis ledger, appendfsync always)", flush=True)
 
-        idle = {
-            "ark-gateway": idle_connections_rss(setup.gateway_port, lambda: [setup.gateway.pid], idle_n),
-            "nginx": idle_connections_rss(setup.nginx_port, setup.nginx_pids, idle_n),
-        }
-        for name, v in idle.items():
-            print(f"idle         {name:12} {v['connections']} connections: {v['rss_with_idle_kib']/1024:.1f} MiB RSS (serving: {v['still_serving']})", flush=True)
         audit_lines = sum(1 for _ in open(work / "gateway-audit.jsonl"))
+        creates["redis"] = creates_redis
     finally:
         setup.stop()
 
@@ -357,27 +392,34 @@ def render(r):
         "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in ("direct", "nginx", "ark-gateway"):
+    for name in ("direct", "nginx", "ark-gateway", "ark-gateway+redis"):
         for c in r["levels"]:
             v = s[name][c]
             cpu = "-" if v["cpu_s_per_10k"] is None else f"{v['cpu_s_per_10k']:.3f}"
             lines.append(f"| {name} | {c} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | {cpu} |")
-    lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 |", "| ---: | ---: | ---: | ---: |"]
+    lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 | Redis backends: p50 added, ms | Redis backends: req/s ratio |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in r["levels"]:
-        g, n, d = s["ark-gateway"][c], s["nginx"][c], s["direct"][c]
-        lines.append(f"| {c} | {g['rps']/n['rps']:.2f} | {g['rps']/d['rps']:.2f} | {g['p99_ms']/n['p99_ms']:.2f} |")
+        g, n, d, gr = s["ark-gateway"][c], s["nginx"][c], s["direct"][c], s["ark-gateway+redis"][c]
+        lines.append(f"| {c} | {g['rps']/n['rps']:.2f} | {g['rps']/d['rps']:.2f} | {g['p99_ms']/n['p99_ms']:.2f} | "
+                     f"{gr['p50_ms'] - g['p50_ms']:+.2f} | {gr['rps']/g['rps']:.2f} |")
     idle = r["idle"]
     lines += [
         "",
         f"Peak RSS during the runs: ark-gateway {r['peak_rss_kib']['ark-gateway']/1024:.1f} MiB, nginx (all processes) {r['peak_rss_kib']['nginx']/1024:.1f} MiB.",
         "",
-        f"Idle keep-alive connections ({idle['ark-gateway']['connections']}): ark-gateway {idle['ark-gateway']['rss_with_idle_kib']/1024:.1f} MiB RSS "
+        f"Idle connections ({idle['ark-gateway']['connections']}, opened before any load, held open): ark-gateway {idle['ark-gateway']['rss_with_idle_kib']/1024:.1f} MiB RSS "
         f"(from {idle['ark-gateway']['rss_before_kib']/1024:.1f}), nginx {idle['nginx']['rss_with_idle_kib']/1024:.1f} MiB "
         f"(from {idle['nginx']['rss_before_kib']/1024:.1f}); both still served new clients: "
         f"{idle['ark-gateway']['still_serving'] and idle['nginx']['still_serving']}.",
         "",
         f"Durable creates through the ledger (64 connections): {r['creates']['rps']:.0f} creates/s, "
-        f"p99 {r['creates']['p99']/1000:.2f} ms, {r['creates']['cpu_s_per_10k']:.3f} CPU s / 10k.",
+        f"p99 {r['creates']['p99']/1000:.2f} ms, {r['creates']['cpu_s_per_10k']:.3f} CPU s / 10k; "
+        f"with the Redis ledger and limits (appendfsync always): {r['creates']['redis']['rps']:.0f} creates/s, "
+        f"p99 {r['creates']['redis']['p99']/1000:.2f} ms.",
+        "",
+        "`ark-gateway+redis`: the same gateway with `store.backend = \"redis\"` and `rate_limit.backend = \"redis\"` "
+        "(redis-server on a unix socket, appendonly yes, appendfsync always): one GCRA script and one ledger read per GET.",
         "",
         f"Audit: {r['audit']['lines']} records; `ark-gateway audit verify`: {r['audit']['verify']}",
     ]

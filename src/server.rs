@@ -117,9 +117,12 @@ pub async fn serve<S>(
                 Ok(Err(_)) => return,
                 Err(_) => return tracing::debug!(peer = %peer, "connection sent nothing in time; closed"),
             }
-            match tls {
-                None => serve_connection(&builder, watcher, stream, peer, None, service).await,
-                Some(acceptor) => {
+            // The connection's state (hyper, TLS) is boxed and allocated only
+            // now: a task's size is its future's largest state, and an inline
+            // hyper connection would make every idle socket cost ~10 KB.
+            let connection: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+                None => Box::pin(serve_connection(builder, watcher, stream, peer, None, service)),
+                Some(acceptor) => Box::pin(async move {
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return tracing::debug!(error = %e, peer = %peer, "TLS handshake failed"),
@@ -131,9 +134,10 @@ pub async fn serve<S>(
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
-                    serve_connection(&builder, watcher, stream, peer, cert, service).await
-                }
-            }
+                    serve_connection(builder, watcher, stream, peer, cert, service).await
+                }),
+            };
+            connection.await;
         });
     }
     drop(listener);
@@ -148,7 +152,7 @@ pub async fn serve<S>(
 }
 
 async fn serve_connection<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     io: I,
     peer: SocketAddr,
