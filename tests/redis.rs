@@ -306,3 +306,71 @@ async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
     assert_eq!(call(r.addr, "GET", &own, BETA, "").await.status, 403);
     r.gateway.take().unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_outcomes_in_the_redis_ledger() {
+    use ark_gateway::ledger::now_ms;
+    use ark_gateway::ledger::{
+        BeginOutcome, CreateFate, CreateIntent, Ledger, RedisLedger, TaskRecord, TaskSource, TaskState,
+    };
+    use ark_gateway::redis_backend::{Redis, RedisUrl};
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let redis = Redis::connect(&RedisUrl::parse(&server.url()).unwrap(), "l:", Arc::new(Metrics::new())).unwrap();
+    let ledger = RedisLedger::new(redis, Duration::from_secs(3600));
+    let intent = |id: &str, key: &str| CreateIntent {
+        intent_id: id.into(),
+        tenant: "alpha".into(),
+        idempotency_key: Some(key.into()),
+        at_ms: now_ms(),
+    };
+    // In flight, then an unknown outcome: the key stays blocked.
+    assert_eq!(
+        ledger.begin_create(intent("r1", "k")).await.unwrap(),
+        BeginOutcome::Begun
+    );
+    assert_eq!(
+        ledger.begin_create(intent("r2", "k")).await.unwrap(),
+        BeginOutcome::Conflict
+    );
+    ledger
+        .abandon_create(intent("r1", "k"), CreateFate::Unknown)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.begin_create(intent("r3", "k")).await.unwrap(),
+        BeginOutcome::Conflict
+    );
+    // A failed create frees its key.
+    assert_eq!(
+        ledger.begin_create(intent("r4", "k2")).await.unwrap(),
+        BeginOutcome::Begun
+    );
+    ledger
+        .abandon_create(intent("r4", "k2"), CreateFate::Failed)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.begin_create(intent("r5", "k2")).await.unwrap(),
+        BeginOutcome::Begun
+    );
+    // A completed create replays its task, and the record is owned.
+    let record = TaskRecord {
+        task_id: "cgt-r5".into(),
+        tenant: "alpha".into(),
+        model: Some("m".into()),
+        created_ms: now_ms(),
+        client_request_id: None,
+        state: TaskState::Active,
+        source: TaskSource::Created,
+    };
+    ledger.complete_create(intent("r5", "k2"), record).await.unwrap();
+    assert_eq!(
+        ledger.begin_create(intent("r6", "k2")).await.unwrap(),
+        BeginOutcome::Replay {
+            task_id: "cgt-r5".into()
+        }
+    );
+    assert_eq!(ledger.owner_of("cgt-r5").await.unwrap().unwrap().tenant, "alpha");
+    assert_eq!(ledger.owned_tasks("alpha", 0).await.unwrap().len(), 1);
+}

@@ -98,6 +98,30 @@ impl RedisLedger {
             .collect())
     }
 
+    /// Adds the command that records an Idempotency-Key's outcome (for the
+    /// rest of its 24 h window), if the create had a key.
+    fn settle_key(
+        &self,
+        pipe: &mut redis::Pipeline,
+        intent: &CreateIntent,
+        status: KeyStatus,
+        task_id: Option<String>,
+    ) {
+        let Some(key) = &intent.idempotency_key else { return };
+        let entry = serde_json::to_string(&KeyEntry {
+            status,
+            task_id,
+            at_ms: intent.at_ms,
+        })
+        .expect("serializes");
+        pipe.cmd("SET")
+            .arg(self.idem_key(&intent.tenant, key))
+            .arg(entry)
+            .arg("PX")
+            .arg(Self::key_ttl_ms(intent.at_ms))
+            .ignore();
+    }
+
     /// Adds the commands that store a record and index it under its tenant.
     fn store_record(&self, pipe: &mut redis::Pipeline, record: &TaskRecord) {
         let json = serde_json::to_string(record).expect("records serialize");
@@ -212,20 +236,7 @@ impl Ledger for RedisLedger {
             pipe.atomic();
             self.store_record(&mut pipe, &record);
             pipe.cmd("DEL").arg(self.intent_key(&intent.intent_id)).ignore();
-            if let Some(key) = &intent.idempotency_key {
-                let done = serde_json::to_string(&KeyEntry {
-                    status: KeyStatus::Done,
-                    task_id: Some(record.task_id.clone()),
-                    at_ms: intent.at_ms,
-                })
-                .expect("serializes");
-                pipe.cmd("SET")
-                    .arg(self.idem_key(&intent.tenant, key))
-                    .arg(done)
-                    .arg("PX")
-                    .arg(Self::key_ttl_ms(intent.at_ms))
-                    .ignore();
-            }
+            self.settle_key(&mut pipe, &intent, KeyStatus::Done, Some(record.task_id.clone()));
             let mut conn = self.redis.conn();
             self.redis
                 .observe(pipe.query_async::<()>(&mut conn).await)
@@ -245,20 +256,7 @@ impl Ledger for RedisLedger {
                     CreateFate::Failed => {
                         pipe.cmd("DEL").arg(self.idem_key(&intent.tenant, key)).ignore();
                     }
-                    CreateFate::Unknown => {
-                        let unknown = serde_json::to_string(&KeyEntry {
-                            status: KeyStatus::Unknown,
-                            task_id: None,
-                            at_ms: intent.at_ms,
-                        })
-                        .expect("serializes");
-                        pipe.cmd("SET")
-                            .arg(self.idem_key(&intent.tenant, key))
-                            .arg(unknown)
-                            .arg("PX")
-                            .arg(Self::key_ttl_ms(intent.at_ms))
-                            .ignore();
-                    }
+                    CreateFate::Unknown => self.settle_key(&mut pipe, &intent, KeyStatus::Unknown, None),
                 }
             }
             let mut conn = self.redis.conn();
