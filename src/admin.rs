@@ -3,7 +3,6 @@
 //! with tenant traffic or pass through tenant authentication.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,9 +149,4 @@ pub fn service(
        + Send
        + 'static {
     tower::service_fn(move |req: Request<hyper::body::Incoming>| handle(state.clone(), req))
-}
-
-/// Listening address, for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}/metrics")
 }

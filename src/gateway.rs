@@ -33,7 +33,6 @@ pub struct RunningGateway {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
     reloader: Option<Arc<Reloader>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -255,7 +254,6 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         addr,
         admin_addr,
         health,
-        metrics,
         reloader,
         stop: Some(stop),
         task,
@@ -287,10 +285,6 @@ impl RunningGateway {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     pub fn health(&self) -> &Health {

@@ -461,11 +461,6 @@ impl MockUpstream {
         let _ = count.wait_for(|received| *received >= n).await;
     }
 
-    /// Number of tasks the mock holds.
-    pub fn task_count(&self) -> usize {
-        self.state.tasks.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
-
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

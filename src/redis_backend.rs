@@ -113,10 +113,6 @@ impl Redis {
         format!("{}{rest}", self.prefix)
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// A handle for one command or pipeline (cheap: the manager is shared).
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
@@ -157,9 +153,5 @@ impl Redis {
         let mut conn = self.conn();
         let result: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
         self.observe(result).is_ok()
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
     }
 }

@@ -4,7 +4,7 @@
 //! in-flight request finishes under the configuration it started with and a
 //! key rotation never sends a half-read key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -85,10 +85,6 @@ impl Reloader {
         };
         *reloader.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&reloader.watched_files());
         reloader
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Loads, validates and swaps. An invalid file is rejected with the same

@@ -120,8 +120,4 @@ impl TenantDirectory {
             })
             .cloned()
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
-        self.tenants.iter()
-    }
 }

@@ -17,15 +17,6 @@ fn task(id: &str) -> String {
     format!("{TASKS}/{id}")
 }
 
-fn ids_of(json: &serde_json::Value) -> Vec<String> {
-    json["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_survives_a_restart() {
     let mut env = TestEnv::start().await;

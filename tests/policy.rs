@@ -323,19 +323,11 @@ async fn lists_show_only_the_callers_tasks() {
     // alpha owns 3 tasks; its static grant cgt-static-alpha-1 does not exist upstream.
     assert_eq!(json["total"], 3);
     assert_eq!(json["items"].as_array().unwrap().len(), 2);
-    let ids = |json: &serde_json::Value| -> Vec<String> {
-        json["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_string())
-            .collect()
-    };
     let page2 = env
         .call("GET", &format!("{TASKS}?page_size=2&page_num=2"), Some(ALPHA), None)
         .await
         .json();
-    let mut seen: Vec<String> = ids(&json).into_iter().chain(ids(&page2)).collect();
+    let mut seen: Vec<String> = ids_of(&json).into_iter().chain(ids_of(&page2)).collect();
     seen.sort();
     let mut expected = alphas.clone();
     expected.sort();
@@ -343,7 +335,7 @@ async fn lists_show_only_the_callers_tasks() {
 
     let beta_list = env.call("GET", TASKS, Some(BETA), None).await.json();
     assert_eq!(beta_list["total"], 2);
-    let mut beta_ids = ids(&beta_list);
+    let mut beta_ids = ids_of(&beta_list);
     beta_ids.sort();
     let mut expected = betas.clone();
     expected.sort();
@@ -359,7 +351,7 @@ async fn lists_show_only_the_callers_tasks() {
     // Mixed: only the caller's id survives, and only it is sent upstream.
     let target = format!("{TASKS}?filter.task_ids={}&filter.task_ids={}", betas[0], alphas[0]);
     let reply = env.call("GET", &target, Some(ALPHA), None).await.json();
-    assert_eq!(ids(&reply), vec![alphas[0].clone()]);
+    assert_eq!(ids_of(&reply), vec![alphas[0].clone()]);
     let sent = env.upstream().pop().unwrap().path_and_query;
     assert!(sent.contains(&alphas[0]) && !sent.contains(&betas[0]), "{sent}");
     // A tenant with no tasks gets an empty list, not someone else's.

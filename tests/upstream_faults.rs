@@ -235,9 +235,10 @@ async fn the_global_in_flight_limit_refuses_instead_of_queueing() {
         );
     // Wait until the first request is really at the upstream, holding the one slot.
     upstream.seen.recv().await.unwrap();
+    // A policy denial is answered as usual while the one slot is taken...
     let second = env.call("GET", GRANTED, Some(BETA), None).await;
-    // beta is not granted that id; use its own list instead, which needs upstream.
     assert_eq!(second.status, 403);
+    // ...and an allowed request finds no slot: refused at once, not queued.
     let second = env.call("GET", GRANTED, Some(ALPHA), None).await;
     assert_eq!(second.status, 429, "{}", second.text());
     assert_eq!(second.error_code(), "RateLimitExceeded");

@@ -68,7 +68,6 @@ enum Output {
         written: u64,
         identity: (u64, u64),
     },
-    Other(OtherWriter),
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -157,10 +156,6 @@ impl Output {
                 *written += bytes.len() as u64;
                 Ok(())
             }
-            Output::Other(out) => {
-                out.0.write_all(bytes)?;
-                out.0.flush()
-            }
         }
     }
 
@@ -191,15 +186,6 @@ impl Output {
     }
 }
 
-/// Any writer (tests), with a Debug that says nothing about it.
-pub struct OtherWriter(Box<dyn Write + Send>);
-
-impl std::fmt::Debug for OtherWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OtherWriter")
-    }
-}
-
 impl AuditSink {
     /// Opens the configured sink, continuing an existing file's chain. Must be
     /// called inside a tokio runtime (it starts the sync-and-check task).
@@ -209,11 +195,6 @@ impl AuditSink {
             AuditSinkConfig::File(path) => Output::open_file(path.clone())?,
         };
         Ok(Self::spawn(output, head, config.clone()))
-    }
-
-    /// A sink over any writer (tests).
-    pub fn start_with_writer(out: Box<dyn Write + Send>, config: &AuditConfig) -> (AuditSink, AuditWriter) {
-        Self::spawn(Output::Other(OtherWriter(out)), ChainHead::genesis(), config.clone())
     }
 
     fn spawn(output: Output, head: ChainHead, config: AuditConfig) -> (AuditSink, AuditWriter) {

@@ -326,6 +326,16 @@ impl TestEnv {
     }
 }
 
+/// The task ids of a list answer, in order.
+pub fn ids_of(json: &Value) -> Vec<String> {
+    json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn read_audit(path: &Path) -> Vec<AuditRecord> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
