@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Health};
@@ -168,16 +168,33 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         global: config.upstream.requests_per_minute.map(GlobalLimit::new),
     });
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
-    let client = build_client(&config.upstream)?;
-    let service = stack::build(StackParts {
-        shared: shared.clone(),
-        audit,
-        on_audit_failure: config.audit.on_failure,
-        metrics: metrics.clone(),
-        ledger: ledger.clone(),
-        rate_limits,
-        forward: Forward::new(client, &config.upstream, metrics.clone(), health.clone()),
-    });
+    // One stack per worker thread, each forwarding through its own client
+    // (pool); everything else (snapshot, ledger, audit, limits, metrics and
+    // the upstream in-flight slots) is shared.
+    let forward = Forward::new(build_client(&config.upstream)?, &config.upstream, metrics.clone(), health.clone());
+    let mut services = Vec::with_capacity(config.server.workers.get());
+    for index in 0..config.server.workers.get() {
+        let forward = match index {
+            0 => forward.clone(),
+            _ => forward.with_client(build_client(&config.upstream)?),
+        };
+        services.push(stack::build(StackParts {
+            shared: shared.clone(),
+            audit: audit.for_worker(),
+            on_audit_failure: config.audit.on_failure,
+            metrics: metrics.clone(),
+            ledger: ledger.clone(),
+            rate_limits: rate_limits.clone(),
+            forward,
+        }));
+    }
+    drop(audit);
+    let (stop_workers, workers_stop) = watch::channel(false);
+    let workers = crate::server::spawn_workers(listener, tls.clone(), services, &config.server, workers_stop)
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
 
     let mut background = Vec::new();
     background.push(tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)));
@@ -221,20 +238,21 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     drop(ledger);
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let server_config = config.server.clone();
     let draining = health.clone();
+    let worker_count = workers.len();
     let task = tokio::spawn(async move {
-        tracing::info!(addr = %addr, tls = tls.is_some(), "tenant listener ready");
+        tracing::info!(addr = %addr, tls = tls.is_some(), workers = worker_count, "tenant listener ready");
         if let Some(admin) = admin_addr {
             tracing::info!(addr = %admin, "admin listener ready");
         }
-        crate::server::serve(listener, tls, service, &server_config, async {
-            let _ = stopped.await;
-            // Not ready from the moment the drain starts, so that load
-            // balancers stop sending while in-flight requests finish.
-            draining.start_draining();
-        })
-        .await;
+        let _ = stopped.await;
+        // Not ready from the moment the drain starts, so that load
+        // balancers stop sending while in-flight requests finish.
+        draining.start_draining();
+        let _ = stop_workers.send(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
         for task in &background {
             task.abort();
         }

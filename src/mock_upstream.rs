@@ -421,6 +421,7 @@ impl MockUpstream {
             request_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            workers: std::num::NonZeroUsize::MIN,
             tls: None,
         };
         let task = tokio::spawn(async move {

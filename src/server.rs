@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
@@ -56,6 +58,55 @@ pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, rustls::Error> {
     let mut config = builder.with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `listener` on one thread per service in `services`, each running a
+/// single-threaded runtime that accepts from the shared listening socket and
+/// drives its connections (and its upstream pool) to the end. A request is
+/// handled start to finish on one thread: no work-stealing wake-ups and no
+/// cross-thread hand-offs on the request path. When `stop` turns true each
+/// worker drains as [`serve`] does; each returned receiver resolves once its
+/// worker's runtime (and every connection on it) is gone.
+pub fn spawn_workers<S>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    services: Vec<S>,
+    config: &ServerConfig,
+    stop: watch::Receiver<bool>,
+) -> io::Result<Vec<oneshot::Receiver<()>>>
+where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = listener.into_std()?;
+    let mut done = Vec::with_capacity(services.len());
+    for (index, service) in services.into_iter().enumerate() {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (finished, finished_rx) = oneshot::channel();
+        let (tls, config, mut stop) = (tls.clone(), config.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("ark-gateway-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve(listener, tls, service, &config, async move {
+                                let _ = stop.wait_for(|stopping| *stopping).await;
+                            })
+                            .await
+                        }
+                        Err(e) => tracing::error!(error = %e, worker = index, "worker cannot listen"),
+                    }
+                });
+                // Pooled upstream connections and any straggling tasks end
+                // with the runtime, before the worker reports it is done.
+                drop(runtime);
+                let _ = finished.send(());
+            })?;
+        done.push(finished_rx);
+    }
+    Ok(done)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight

@@ -35,15 +35,36 @@ impl ChainHead {
 /// Seals a serialized record body (a JSON object that already holds `seq` and
 /// `prev_hash`) into a line, returning the line and its hash.
 pub fn seal(object: &[u8]) -> (Vec<u8>, String) {
+    let mut line = Vec::with_capacity(object.len() + 80);
+    let hash = seal_object(&mut line, object);
+    (line, hash)
+}
+
+/// Appends the line for a serialized record (a JSON object without the chain
+/// fields) as record `seq` after `prev_hash`, and returns the new head.
+pub fn seal_into(out: &mut Vec<u8>, seq: u64, prev_hash: &str, record: &[u8]) -> ChainHead {
+    debug_assert_eq!(record.first(), Some(&b'{'));
+    let mut object = Vec::with_capacity(record.len() + 100);
+    object.extend_from_slice(b"{\"seq\":");
+    object.extend_from_slice(seq.to_string().as_bytes());
+    object.extend_from_slice(b",\"prev_hash\":\"");
+    object.extend_from_slice(prev_hash.as_bytes());
+    object.extend_from_slice(b"\",");
+    object.extend_from_slice(&record[1..]);
+    let hash = seal_object(out, &object);
+    ChainHead { seq, hash }
+}
+
+/// Appends `{"hash":"<sha256 of object>",` + the rest of `object` + newline.
+fn seal_object(out: &mut Vec<u8>, object: &[u8]) -> String {
     debug_assert_eq!(object.first(), Some(&b'{'));
     let hash = hex::encode(Sha256::digest(object));
-    let mut line = Vec::with_capacity(object.len() + 80);
-    line.extend_from_slice(PREFIX.as_bytes());
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\",");
-    line.extend_from_slice(&object[1..]);
-    line.push(b'\n');
-    (line, hash)
+    out.extend_from_slice(PREFIX.as_bytes());
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&object[1..]);
+    out.push(b'\n');
+    hash
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::chain::{self, ChainHead};
 use super::AuditRecord;
 use crate::config::{AuditConfig, AuditSinkConfig, FsyncPolicy};
@@ -33,6 +35,25 @@ pub struct AuditWriteError(pub String);
 #[derive(Debug, Clone)]
 pub struct AuditSink {
     inner: Arc<Inner>,
+    /// A worker thread's queue (see [`AuditSink::for_worker`]); none: each
+    /// record is written on its own.
+    queue: Option<Arc<WorkerQueue>>,
+}
+
+/// Records a worker's requests finished in the same scheduler round, waiting
+/// to be written together: one lock, one `write(2)` and one file check per
+/// batch instead of per record.
+#[derive(Debug, Default)]
+struct WorkerQueue {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Vec<Vec<u8>>,
+    waiters: Vec<oneshot::Sender<Result<(), AuditWriteError>>>,
+    /// A flush task is queued on the worker's runtime.
+    scheduled: bool,
 }
 
 #[derive(Debug)]
@@ -203,6 +224,7 @@ impl AuditSink {
             _ => None,
         };
         let sink = AuditSink {
+            queue: None,
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     output,
@@ -241,14 +263,60 @@ impl AuditSink {
         same
     }
 
+    /// A handle for one worker thread (a single-threaded runtime): records
+    /// written through it are queued, and one task, spawned behind the
+    /// worker's other ready tasks, seals and writes everything queued in that
+    /// round at once. Each caller still returns only after its own record is
+    /// in the kernel (or on the disk, with `fsync = "always"`).
+    pub fn for_worker(&self) -> AuditSink {
+        AuditSink {
+            inner: self.inner.clone(),
+            queue: Some(Arc::default()),
+        }
+    }
+
     /// Seals the record into the chain and writes it; returns once it is in
     /// the kernel (and, with `fsync = "always"`, on the disk).
     pub async fn write(&self, record: AuditRecord) -> Result<(), AuditWriteError> {
-        // Serialized outside the lock; only the chain fields are added inside.
+        // Serialized before any lock; only the chain fields are added inside.
         let json = serde_json::to_vec(&record).expect("audit records serialize");
-        let written = self.write_sealed(&json);
+        let Some(queue) = &self.queue else {
+            return self.write_lines(vec![json]).await;
+        };
+        let (done, written) = oneshot::channel();
+        let spawn_flush = {
+            let mut pending = queue.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.lines.push(json);
+            pending.waiters.push(done);
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if spawn_flush {
+            let (sink, queue) = (self.clone(), queue.clone());
+            tokio::spawn(async move {
+                let (lines, waiters) = {
+                    let mut pending = queue.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    pending.scheduled = false;
+                    (std::mem::take(&mut pending.lines), std::mem::take(&mut pending.waiters))
+                };
+                let result = sink.write_lines(lines).await;
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            });
+        }
+        written
+            .await
+            .unwrap_or_else(|_| Err(AuditWriteError("the audit flush task ended".into())))
+    }
+
+    /// Writes serialized records in order, as one batch; a batch that cannot
+    /// be written goes to the diagnostic log, record by record.
+    async fn write_lines(&self, lines: Vec<Vec<u8>>) -> Result<(), AuditWriteError> {
+        let written = self.write_sealed(&lines);
         if let Err(e) = &written {
-            fallback(&record, &e.0);
+            for json in &lines {
+                fallback(json, &e.0);
+            }
             return written;
         }
         if self.inner.config.fsync == FsyncPolicy::Always {
@@ -265,30 +333,26 @@ impl AuditSink {
         written
     }
 
-    fn write_sealed(&self, json: &[u8]) -> Result<(), AuditWriteError> {
+    fn write_sealed(&self, lines: &[Vec<u8>]) -> Result<(), AuditWriteError> {
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         let State { output, head, unsynced } = &mut *state;
         // Refuse to write into a file that was unlinked (one fstat on our own
-        // descriptor; the path itself is checked before mutating calls and
-        // every 500 ms).
+        // descriptor per batch; the path itself is checked before mutating
+        // calls and every 500 ms).
         if let Err(problem) = output.check_linked() {
             if self.inner.healthy.swap(false, Ordering::SeqCst) {
                 tracing::error!(problem, "the audit file is not where it was; failing closed");
             }
             return Err(AuditWriteError(problem));
         }
-        let seq = head.seq + 1;
-        let mut object = Vec::with_capacity(json.len() + 100);
-        object.extend_from_slice(b"{\"seq\":");
-        object.extend_from_slice(seq.to_string().as_bytes());
-        object.extend_from_slice(b",\"prev_hash\":\"");
-        object.extend_from_slice(head.hash.as_bytes());
-        object.extend_from_slice(b"\",");
-        object.extend_from_slice(&json[1..]);
-        let (line, hash) = chain::seal(&object);
-        match output.write_batch(&line) {
+        let mut batch = Vec::with_capacity(lines.iter().map(|json| json.len() + 200).sum());
+        let mut next = head.clone();
+        for json in lines {
+            next = chain::seal_into(&mut batch, next.seq + 1, &next.hash, json);
+        }
+        match output.write_batch(&batch) {
             Ok(()) => {
-                *head = ChainHead { seq, hash };
+                *head = next;
                 *unsynced = true;
                 if !self.inner.healthy.swap(true, Ordering::SeqCst) {
                     tracing::warn!("the audit sink accepts writes again");
@@ -373,8 +437,8 @@ async fn sync_and_check(sink: AuditSink) {
 
 /// The last resort for a record the sink could not take: the diagnostic log,
 /// so that it is not lost, with the reason.
-fn fallback(record: &AuditRecord, reason: &str) {
-    let json = serde_json::to_string(record).unwrap_or_default();
+fn fallback(json: &[u8], reason: &str) {
+    let json = String::from_utf8_lossy(json);
     tracing::error!(reason, record = %json, "AUDIT RECORD NOT WRITTEN to the audit sink; kept here");
 }
 

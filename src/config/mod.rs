@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Threads serving tenants, each with its own single-threaded runtime,
+    /// connections and upstream pool (default: one per core).
+    pub workers: NonZeroUsize,
     /// Inbound TLS; `None` serves plain HTTP (the sidecar's loopback default).
     pub tls: Option<ServerTls>,
 }

@@ -30,6 +30,7 @@ pub struct RawServer {
     pub request_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub workers: Option<i64>,
     pub tls: Option<RawTls>,
 }
 

@@ -159,6 +159,13 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             "10s",
         ),
         shutdown_grace: p.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), "30s"),
+        workers: NonZeroUsize::new(p.positive(
+            "server.workers",
+            raw.server.workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get()) as i64,
+            1024,
+        ))
+        .unwrap_or(NonZeroUsize::MIN),
         tls: raw.server.tls.and_then(|tls| validate_tls(&mut p, tls)),
     };
     let admin = AdminConfig {

@@ -28,12 +28,15 @@ pub struct Forward {
 
 struct Shared {
     /// Behind the `Arc` so that cloning the stack per request does not clone
-    /// the client (and its connector) per request.
+    /// the client (and its connector) per request. One client per worker
+    /// thread: its pooled connections are driven by that worker's runtime, so
+    /// a request never waits on a connection task living on another thread.
     client: UpstreamClient,
     /// `upstream.base_url`, no trailing slash.
     base: String,
     timeout: Duration,
     max_response_bytes: usize,
+    /// `upstream.max_concurrent`, shared by every worker.
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -50,6 +53,23 @@ impl Forward {
                 slots: Arc::new(Semaphore::new(config.max_concurrent.get())),
                 metrics,
                 health,
+            }),
+        }
+    }
+
+    /// The same upstream and the same in-flight slots, through another client
+    /// (another worker's pool).
+    pub fn with_client(&self, client: UpstreamClient) -> Self {
+        let s = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                base: s.base.clone(),
+                timeout: s.timeout,
+                max_response_bytes: s.max_response_bytes,
+                slots: s.slots.clone(),
+                metrics: s.metrics.clone(),
+                health: s.health.clone(),
             }),
         }
     }
