@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState, Health};
 use crate::audit::{AuditSink, AuditWriter};
 use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend};
-use crate::forward::{build_client, Forward};
+use crate::forward::{build_pool, Forward};
 use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPOTENCY_WINDOW};
 use crate::metrics::Metrics;
 use crate::rate_limit::{GlobalLimit, RateLimits, RedisLimiter};
@@ -171,12 +171,17 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     // One stack per worker thread, each forwarding through its own client
     // (pool); everything else (snapshot, ledger, audit, limits, metrics and
     // the upstream in-flight slots) is shared.
-    let forward = Forward::new(build_client(&config.upstream)?, &config.upstream, metrics.clone(), health.clone());
+    let forward = Forward::new(
+        build_pool(&config.upstream)?,
+        &config.upstream,
+        metrics.clone(),
+        health.clone(),
+    );
     let mut services = Vec::with_capacity(config.server.workers.get());
     for index in 0..config.server.workers.get() {
         let forward = match index {
             0 => forward.clone(),
-            _ => forward.with_client(build_client(&config.upstream)?),
+            _ => forward.with_client(build_pool(&config.upstream)?),
         };
         services.push(stack::build(StackParts {
             shared: shared.clone(),
@@ -190,11 +195,12 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     }
     drop(audit);
     let (stop_workers, workers_stop) = watch::channel(false);
-    let workers = crate::server::spawn_workers(listener, tls.clone(), services, &config.server, workers_stop)
-        .map_err(|source| StartError::Listen {
+    let workers = crate::server::spawn_workers(listener, tls.clone(), services, &config.server, workers_stop).map_err(
+        |source| StartError::Listen {
             addr: config.server.listen,
             source,
-        })?;
+        },
+    )?;
 
     let mut background = Vec::new();
     background.push(tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)));

@@ -1,20 +1,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::UpstreamPool;
 use crate::config::UpstreamConfig;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Builds the pooled client: webpki roots plus `upstream.ca_file`, connect
-/// time-out, and HTTPS only unless `allow_insecure_http` (a local mock).
-pub fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, rustls::Error> {
+/// Builds one worker's connection pool: webpki roots plus `upstream.ca_file`,
+/// connect time-out, and HTTPS only unless `allow_insecure_http` (a local mock).
+pub fn build_pool(config: &UpstreamConfig) -> Result<UpstreamPool, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &config.extra_roots {
@@ -42,13 +37,12 @@ pub fn build_client(config: &UpstreamConfig) -> Result<UpstreamClient, rustls::E
     } else {
         builder.https_only().enable_http1().enable_http2().wrap_connector(http)
     };
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        // Shorter than the usual server-side keep-alive time-outs (60 s and
-        // more), so that the pool rarely offers a connection the upstream is
-        // about to close.
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector))
+    // Shorter than the usual server-side keep-alive time-outs (60 s and more),
+    // so that the pool rarely offers a connection the upstream is about to close.
+    Ok(UpstreamPool::new(
+        connector,
+        &config.base_url,
+        Duration::from_secs(30),
+        256,
+    ))
 }

@@ -6,7 +6,9 @@
 //! never queued: a queue here would only hide an overloaded upstream quota.
 
 mod client;
+mod pool;
 mod service;
 
-pub use client::{build_client, UpstreamClient};
+pub use client::build_pool;
+pub use pool::{ExchangeError, UpstreamPool};
 pub use service::{upstream_uri, Forward};

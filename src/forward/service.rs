@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use tokio::sync::Semaphore;
 use tower::Service;
 
-use super::UpstreamClient;
+use super::{ExchangeError, UpstreamPool};
 use crate::admin::Health;
 use crate::audit::AuditNote;
 use crate::config::UpstreamConfig;
@@ -31,7 +31,7 @@ struct Shared {
     /// the client (and its connector) per request. One client per worker
     /// thread: its pooled connections are driven by that worker's runtime, so
     /// a request never waits on a connection task living on another thread.
-    client: UpstreamClient,
+    client: UpstreamPool,
     /// `upstream.base_url`, no trailing slash.
     base: String,
     timeout: Duration,
@@ -43,7 +43,7 @@ struct Shared {
 }
 
 impl Forward {
-    pub fn new(client: UpstreamClient, config: &UpstreamConfig, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(client: UpstreamPool, config: &UpstreamConfig, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -59,7 +59,7 @@ impl Forward {
 
     /// The same upstream and the same in-flight slots, through another client
     /// (another worker's pool).
-    pub fn with_client(&self, client: UpstreamClient) -> Self {
+    pub fn with_client(&self, client: UpstreamPool) -> Self {
         let s = &self.shared;
         Self {
             shared: Arc::new(Shared {
@@ -81,6 +81,15 @@ fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
     *copy.uri_mut() = req.uri().clone();
     *copy.headers_mut() = req.headers().clone();
     copy
+}
+
+/// The failure's kind, for the metric label, the log and the error.
+fn failure_kind(e: &ExchangeError) -> UpstreamFailure {
+    match e {
+        ExchangeError::Connect(_) => UpstreamFailure::Connect,
+        ExchangeError::Protocol(_) => UpstreamFailure::Protocol,
+        ExchangeError::ResponseTooLarge { .. } => UpstreamFailure::ResponseTooLarge,
+    }
 }
 
 /// The upstream URL, built from the typed facts the policy attached.
@@ -141,47 +150,31 @@ impl Service<Request<Bytes>> for Forward {
             let retryable = matches!(operation, Some(Operation::Get | Operation::List));
             let exchange = async {
                 let first = retryable.then(|| clone_request(&outbound));
-                let response = match (shared.client.request(outbound).await, first) {
-                    (Err(e), Some(again)) if !e.is_connect() => {
+                let answer = match (shared.client.exchange(outbound, shared.max_response_bytes).await, first) {
+                    (Err(e), Some(again)) if !matches!(e, ExchangeError::Connect(_)) => {
                         tracing::debug!(error = %e, "upstream connection failed; retrying the read once");
-                        shared.client.request(again).await
+                        // Boxed: a second exchange state inline would double
+                        // the size of every request's future.
+                        Box::pin(shared.client.exchange(again, shared.max_response_bytes)).await
                     }
                     (result, _) => result,
                 };
-                let response = response.map_err(|e| {
-                    let kind = if e.is_connect() {
-                        UpstreamFailure::Connect
-                    } else {
-                        UpstreamFailure::Protocol
-                    };
-                    tracing::warn!(kind = kind.as_str(), error = %e, "upstream request failed");
+                answer.map_err(|e| {
+                    let kind = failure_kind(&e);
+                    match &e {
+                        ExchangeError::ResponseTooLarge { status } => tracing::warn!(
+                            kind = kind.as_str(),
+                            status = status.as_u16(),
+                            "reading the upstream response failed"
+                        ),
+                        _ => tracing::warn!(kind = kind.as_str(), error = %e, "upstream request failed"),
+                    }
                     GatewayError::UpstreamUnavailable {
                         kind,
                         // Nothing was sent if the connection never came up.
                         fate_unknown: is_create && kind != UpstreamFailure::Connect,
                     }
-                })?;
-                let (parts, body) = response.into_parts();
-                let body = Limited::new(body, shared.max_response_bytes)
-                    .collect()
-                    .await
-                    .map_err(|e| {
-                        let kind = if e.downcast_ref::<LengthLimitError>().is_some() {
-                            UpstreamFailure::ResponseTooLarge
-                        } else {
-                            UpstreamFailure::Protocol
-                        };
-                        tracing::warn!(
-                            kind = kind.as_str(),
-                            status = parts.status.as_u16(),
-                            "reading the upstream response failed"
-                        );
-                        GatewayError::UpstreamUnavailable {
-                            kind,
-                            fate_unknown: is_create,
-                        }
-                    })?;
-                Ok::<_, GatewayError>((parts, body.to_bytes()))
+                })
             };
             let started = std::time::Instant::now();
             shared.metrics.upstream_started();

@@ -106,29 +106,41 @@ where
                 .await
         }
         (Operation::Delete, Some(id)) => {
-            authorize_task(&*ledger, &tenant, &id).await?;
-            let (parts, _unread_body) = req.into_parts();
-            let probe = copy_parts(&parts);
-            let response = inner
-                .clone()
-                .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
-                .await?;
-            if response.status() == StatusCode::OK {
-                record_delete_outcome(inner, probe, &*ledger, &id).await;
-            }
-            Ok(response)
+            Box::pin(async {
+                authorize_task(&*ledger, &tenant, &id).await?;
+                let (parts, _unread_body) = req.into_parts();
+                let probe = copy_parts(&parts);
+                let response = inner
+                    .clone()
+                    .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
+                    .await?;
+                if response.status() == StatusCode::OK {
+                    record_delete_outcome(inner, probe, &*ledger, &id).await;
+                }
+                Ok(response)
+            })
+            .await
         }
+        // Create, list and delete are boxed: their states are large, and
+        // inlined they would make every get's future (allocated and moved
+        // per request) kilobytes larger.
         (Operation::Create, _) => {
-            let (parts, body) = req.into_parts();
-            let body = read_body(&parts.headers, body, limits.max_body_bytes, limits.request_timeout).await?;
-            let model = check_create_body(&body, &tenant)?;
-            create(inner, &*ledger, &tenant, &note, parts, body, model).await
+            Box::pin(async {
+                let (parts, body) = req.into_parts();
+                let body = read_body(&parts.headers, body, limits.max_body_bytes, limits.request_timeout).await?;
+                let model = check_create_body(&body, &tenant)?;
+                create(inner, &*ledger, &tenant, &note, parts, body, model).await
+            })
+            .await
         }
         (Operation::List, _) => {
-            let query = ListQuery::parse(req.uri().query())?;
-            let candidates = list_candidates(&*ledger, &tenant, &query).await?;
-            let (parts, _unread_body) = req.into_parts();
-            list(inner, parts, &query, candidates, &note).await
+            Box::pin(async {
+                let query = ListQuery::parse(req.uri().query())?;
+                let candidates = list_candidates(&*ledger, &tenant, &query).await?;
+                let (parts, _unread_body) = req.into_parts();
+                list(inner, parts, &query, candidates, &note).await
+            })
+            .await
         }
         (Operation::Get | Operation::Delete, None) => Err(GatewayError::NoRoute),
     }

@@ -1,0 +1,256 @@
+//! One worker's connections to Ark, on hyper's connection API.
+//!
+//! Each worker thread owns one pool, so a request, its upstream connection
+//! and that connection's task all live on one thread: no lock is contended,
+//! no wake-up crosses threads, and no task is spawned per request (hyper-util's
+//! pooled client spawns one per HTTP/1 request to wait for the connection to
+//! become idle again). HTTP/1.1 connections are reused last-in first-out, so
+//! a small hot set carries the load; with HTTP/2 (ALPN) one connection is
+//! shared by the worker's requests.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::response::Parts;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Why an exchange with Ark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// No connection could be made (DNS, TCP, TLS): nothing was sent.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(BoxError),
+    /// The connection broke or the answer was not valid HTTP.
+    #[error("upstream exchange failed: {0}")]
+    Protocol(BoxError),
+    /// The answer's body was over `upstream.max_response_bytes`.
+    #[error("upstream response over the size limit")]
+    ResponseTooLarge { status: http::StatusCode },
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+struct Idle {
+    sender: http1::SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// A worker's pool of upstream connections.
+pub struct UpstreamPool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `Host` for HTTP/1.1 requests, from the base URL.
+    host: HeaderValue,
+    idle: Mutex<Vec<Idle>>,
+    http2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl UpstreamPool {
+    pub fn new(connector: HttpsConnector<HttpConnector>, base: &Uri, idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            connector,
+            host: host_header(base),
+            idle: Mutex::new(Vec::new()),
+            http2: Mutex::new(None),
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    /// Sends `req` (an absolute URI) and reads the whole answer, at most
+    /// `max_response_bytes` of body. A request that a reused connection
+    /// refused before writing any of it (closed meanwhile) is sent once more
+    /// on a new connection, whatever its method: it never reached Ark.
+    pub async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        max_response_bytes: usize,
+    ) -> Result<(Parts, Bytes), ExchangeError> {
+        let (mut sender, reused) = self.checkout(req.uri()).await?;
+        let response = match self.send(&mut sender, req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(req) if reused => {
+                    tracing::debug!(error = %e.error(), "pooled upstream connection closed before sending; new connection");
+                    sender = self.connect(req.uri()).await?;
+                    Box::pin(self.send(&mut sender, req))
+                        .await
+                        .map_err(|e| ExchangeError::Protocol(e.into_error().into()))?
+                }
+                _ => return Err(ExchangeError::Protocol(e.into_error().into())),
+            },
+        };
+        let (parts, body) = response.into_parts();
+        let body =
+            Limited::new(body, max_response_bytes)
+                .collect()
+                .await
+                .map_err(|e| match e.is::<LengthLimitError>() {
+                    true => ExchangeError::ResponseTooLarge { status: parts.status },
+                    false => ExchangeError::Protocol(e),
+                })?;
+        self.checkin(sender);
+        Ok((parts, body.to_bytes()))
+    }
+
+    async fn send(
+        &self,
+        sender: &mut Sender,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+        match sender {
+            Sender::Http1(sender) => {
+                // HTTP/1.1 wants the origin form and a Host header.
+                let origin = req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+                *req.uri_mut() = origin;
+                req.headers_mut().insert(HOST, self.host.clone());
+                sender.try_send_request(req).await
+            }
+            Sender::Http2(sender) => sender.try_send_request(req).await,
+        }
+    }
+
+    /// An idle connection that is still open (most recently used first), the
+    /// shared HTTP/2 connection, or a new one. The flag says whether it was reused.
+    async fn checkout(&self, uri: &Uri) -> Result<(Sender, bool), ExchangeError> {
+        let shared = self.http2.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(mut sender) = shared {
+            if sender.ready().await.is_ok() {
+                return Ok((Sender::Http2(sender), true));
+            }
+        }
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some(Idle { mut sender, since }) = idle else { break };
+            // Older than the idle time-out: the upstream may be closing it.
+            if since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // Waits only for the connection's own task to take note that the
+            // previous answer was read to the end; fails if it was closed.
+            if sender.ready().await.is_ok() {
+                return Ok((Sender::Http1(sender), true));
+            }
+        }
+        Ok((self.connect(uri).await?, false))
+    }
+
+    fn checkin(&self, sender: Sender) {
+        match sender {
+            Sender::Http1(sender) if !sender.is_closed() => {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < self.max_idle {
+                    idle.push(Idle {
+                        sender,
+                        since: Instant::now(),
+                    });
+                }
+            }
+            Sender::Http1(_) => {}
+            Sender::Http2(sender) => {
+                if !sender.is_closed() {
+                    let mut shared = self.http2.lock().unwrap_or_else(PoisonError::into_inner);
+                    if shared.as_ref().is_none_or(|s| s.is_closed()) {
+                        *shared = Some(sender);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects (TCP, then TLS with ALPN unless plain HTTP is allowed) and
+    /// starts the connection's task on this worker's runtime. Boxed: the
+    /// connect and handshake states are large and rarely needed, and would
+    /// otherwise make every request's future (allocated and moved per
+    /// request) several kilobytes larger.
+    fn connect<'a>(&'a self, uri: &'a Uri) -> BoxFuture<'a, Result<Sender, ExchangeError>> {
+        Box::pin(self.connect_now(uri))
+    }
+
+    async fn connect_now(&self, uri: &Uri) -> Result<Sender, ExchangeError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(uri.clone())
+            .await
+            .map_err(ExchangeError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| ExchangeError::Connect(Box::new(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ExchangeError::Connect(Box::new(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+/// `host[:port]`, the port only where it is not the scheme's default.
+fn host_header(base: &Uri) -> HeaderValue {
+    let default_port = match base.scheme() {
+        Some(s) if *s == Scheme::HTTPS => Some(443),
+        Some(s) if *s == Scheme::HTTP => Some(80),
+        _ => None,
+    };
+    let text = match (base.host(), base.port_u16()) {
+        (Some(host), Some(port)) if Some(port) != default_port => format!("{host}:{port}"),
+        (Some(host), _) => host.to_string(),
+        (None, _) => String::new(),
+    };
+    HeaderValue::try_from(text)
+        .or_else(|_| HeaderValue::try_from(base.authority().map_or("", Authority::as_str)))
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_keeps_only_non_default_ports() {
+        let host = |u: &str| host_header(&u.parse().unwrap());
+        assert_eq!(
+            host("https://ark.cn-beijing.volces.com/api/v3"),
+            "ark.cn-beijing.volces.com"
+        );
+        assert_eq!(host("https://ark.example:443/api/v3"), "ark.example");
+        assert_eq!(host("https://ark.example:8443/api/v3"), "ark.example:8443");
+        assert_eq!(host("http://127.0.0.1:9800/api/v3"), "127.0.0.1:9800");
+        assert_eq!(host("http://127.0.0.1/api/v3"), "127.0.0.1");
+    }
+}
