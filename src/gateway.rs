@@ -235,9 +235,16 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             ..config.server.clone()
         };
         tokio::spawn(async move {
-            crate::server::serve(listener, None, admin::service(state), &admin_config, async {
-                let _ = admin_stopped.await;
-            })
+            crate::server::serve(
+                listener,
+                None,
+                admin::service(state),
+                &admin_config,
+                async {
+                    let _ = admin_stopped.await;
+                },
+                || {},
+            )
             .await;
         })
     });
@@ -256,7 +263,14 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         // balancers stop sending while in-flight requests finish.
         draining.start_draining();
         let _ = stop_workers.send(true);
+        let mut finished = Vec::with_capacity(workers.len());
         for worker in workers {
+            let _ = worker.stopped_accepting.await;
+            finished.push(worker.finished);
+        }
+        // Every copy of the listening socket is closed: new connections are refused.
+        tracing::info!("stopped accepting; draining in-flight requests");
+        for worker in finished {
             let _ = worker.await;
         }
         for task in &background {

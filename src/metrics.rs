@@ -3,6 +3,7 @@
 //! failure kinds. No label ever carries a token, a key or a task id.
 
 use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,9 +13,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::config::TenantName;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    tenant: String,
+    /// Shared with the tenant's name: no allocation per request.
+    tenant: Arc<str>,
     operation: &'static str,
     decision: &'static str,
     status: u16,
@@ -27,7 +31,7 @@ struct OperationLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabel {
-    tenant: String,
+    tenant: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +67,8 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     redis_up: Gauge,
     redis_outages: Counter,
+    /// The tenant label of requests that were not authenticated.
+    unauthenticated: Arc<str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,13 +157,14 @@ impl Metrics {
             reloads,
             redis_up,
             redis_outages,
+            unauthenticated: Arc::from("-"),
         }
     }
 
     /// One finished request (called once per request, by the audit layer).
     pub fn request(
         &self,
-        tenant: Option<&str>,
+        tenant: Option<&TenantName>,
         operation: Option<&'static str>,
         allowed: bool,
         status: u16,
@@ -166,7 +173,7 @@ impl Metrics {
         let operation = operation.unwrap_or("none");
         self.requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.unwrap_or("-").to_string(),
+                tenant: tenant.map_or_else(|| self.unauthenticated.clone(), TenantName::shared),
                 operation,
                 decision: if allowed { "allow" } else { "deny" },
                 status,
@@ -177,10 +184,10 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn rate_limited(&self, tenant: &str) {
+    pub fn rate_limited(&self, tenant: &TenantName) {
         self.rate_limited
             .get_or_create(&TenantLabel {
-                tenant: tenant.to_string(),
+                tenant: tenant.shared(),
             })
             .inc();
     }

@@ -425,9 +425,16 @@ impl MockUpstream {
             tls: None,
         };
         let task = tokio::spawn(async move {
-            crate::server::serve(listener, None, service, &config, async {
-                let _ = stopped.await;
-            })
+            crate::server::serve(
+                listener,
+                None,
+                service,
+                &config,
+                async {
+                    let _ = stopped.await;
+                },
+                || {},
+            )
             .await;
         });
         Ok(Self {

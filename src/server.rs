@@ -60,20 +60,27 @@ pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, rustls::Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A worker thread started by [`spawn_workers`].
+pub struct Worker {
+    /// Resolves once the worker's copy of the listening socket is closed.
+    pub stopped_accepting: oneshot::Receiver<()>,
+    /// Resolves once the worker's runtime, and every connection on it, is gone.
+    pub finished: oneshot::Receiver<()>,
+}
+
 /// Serves `listener` on one thread per service in `services`, each running a
 /// single-threaded runtime that accepts from the shared listening socket and
 /// drives its connections (and its upstream pool) to the end. A request is
 /// handled start to finish on one thread: no work-stealing wake-ups and no
 /// cross-thread hand-offs on the request path. When `stop` turns true each
-/// worker drains as [`serve`] does; each returned receiver resolves once its
-/// worker's runtime (and every connection on it) is gone.
+/// worker drains as [`serve`] does.
 pub fn spawn_workers<S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     services: Vec<S>,
     config: &ServerConfig,
     stop: watch::Receiver<bool>,
-) -> io::Result<Vec<oneshot::Receiver<()>>>
+) -> io::Result<Vec<Worker>>
 where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -84,6 +91,7 @@ where
         let listener = listener.try_clone()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (finished, finished_rx) = oneshot::channel();
+        let (closed, closed_rx) = oneshot::channel();
         let (tls, config, mut stop) = (tls.clone(), config.clone(), stop.clone());
         std::thread::Builder::new()
             .name(format!("ark-gateway-worker-{index}"))
@@ -91,8 +99,11 @@ where
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
-                            serve(listener, tls, service, &config, async move {
+                            let shutdown = async move {
                                 let _ = stop.wait_for(|stopping| *stopping).await;
+                            };
+                            serve(listener, tls, service, &config, shutdown, move || {
+                                let _ = closed.send(());
                             })
                             .await
                         }
@@ -104,12 +115,16 @@ where
                 drop(runtime);
                 let _ = finished.send(());
             })?;
-        done.push(finished_rx);
+        done.push(Worker {
+            stopped_accepting: closed_rx,
+            finished: finished_rx,
+        });
     }
     Ok(done)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+/// Serves until `shutdown` resolves, then stops accepting (and calls
+/// `stopped_accepting` once the listening socket is closed) and lets in-flight
 /// requests finish for up to `shutdown_grace`. When this returns, every
 /// connection task (and so every clone of the service) is gone.
 pub async fn serve<S>(
@@ -118,6 +133,7 @@ pub async fn serve<S>(
     service: S,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
+    stopped_accepting: impl FnOnce(),
 ) where
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -141,6 +157,9 @@ pub async fn serve<S>(
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
+            // Shutdown first: once asked to stop, not one more connection is taken.
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -150,9 +169,9 @@ pub async fn serve<S>(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        tracing::trace!(peer = %peer, "connection accepted");
         let service = service.clone();
         let builder = builder.clone();
         // Taken before the handshake, so a drain that starts meanwhile still reaches it.
@@ -192,7 +211,11 @@ pub async fn serve<S>(
         });
     }
     drop(listener);
-    tracing::info!(in_flight_connections = graceful.count(), "draining");
+    stopped_accepting();
+    tracing::debug!(
+        in_flight_connections = graceful.count(),
+        "listener closed; connections draining"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.shutdown_grace) => {

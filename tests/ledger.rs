@@ -277,6 +277,25 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
 }
 
 #[tokio::test]
+async fn is_owner_answers_for_the_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    let it = intent("i1", "alpha", None, 1_000);
+    assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
+    ledger
+        .complete_create(it, record("cgt-own", "alpha", 1_000))
+        .await
+        .unwrap();
+    assert!(ledger.is_owner("cgt-own", "alpha").await.unwrap());
+    assert!(!ledger.is_owner("cgt-own", "beta").await.unwrap());
+    // A tenant whose name is a prefix of the owner's is not the owner.
+    assert!(!ledger.is_owner("cgt-own", "alph").await.unwrap());
+    assert!(!ledger.is_owner("cgt-unknown", "alpha").await.unwrap());
+    ledger.revoke(&["cgt-own".to_string()]).await.unwrap();
+    assert!(!ledger.is_owner("cgt-own", "alpha").await.unwrap());
+}
+
+#[tokio::test]
 async fn idempotency_outcomes_in_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();

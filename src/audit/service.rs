@@ -88,7 +88,7 @@ where
                     (decision, e.reason(), e.status().as_u16())
                 }
             };
-            let tenant = facts.tenant.as_ref().map(|t| t.as_str());
+            let tenant = facts.tenant.as_ref();
             let operation = facts.operation.map(|op| op.as_str());
             metrics.request(
                 tenant,

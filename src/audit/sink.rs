@@ -298,6 +298,7 @@ impl AuditSink {
                     pending.scheduled = false;
                     (std::mem::take(&mut pending.lines), std::mem::take(&mut pending.waiters))
                 };
+                tracing::trace!(records = lines.len(), "audit batch");
                 let result = sink.write_lines(lines).await;
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());

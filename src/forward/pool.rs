@@ -105,8 +105,14 @@ impl UpstreamPool {
                     true => ExchangeError::ResponseTooLarge { status: parts.status },
                     false => ExchangeError::Protocol(e),
                 })?;
+        let body = body.to_bytes();
+        tracing::trace!(
+            status = parts.status.as_u16(),
+            body_bytes = body.len(),
+            "upstream answered"
+        );
         self.checkin(sender);
-        Ok((parts, body.to_bytes()))
+        Ok((parts, body))
     }
 
     async fn send(
@@ -148,8 +154,10 @@ impl UpstreamPool {
             // Waits only for the connection's own task to take note that the
             // previous answer was read to the end; fails if it was closed.
             if sender.ready().await.is_ok() {
+                tracing::trace!("reusing a pooled upstream connection");
                 return Ok((Sender::Http1(sender), true));
             }
+            tracing::trace!("pooled upstream connection was closed; dropped");
         }
         Ok((self.connect(uri).await?, false))
     }
@@ -193,7 +201,9 @@ impl UpstreamPool {
             .oneshot(uri.clone())
             .await
             .map_err(ExchangeError::Connect)?;
-        if io.connected().is_negotiated_h2() {
+        let http2 = io.connected().is_negotiated_h2();
+        tracing::debug!(http2, "connected to the upstream");
+        if http2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)

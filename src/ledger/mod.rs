@@ -141,6 +141,11 @@ pub trait Ledger: Send + Sync + 'static {
     fn abandon_create(&self, intent: CreateIntent, fate: CreateFate) -> LedgerFuture<'_, ()>;
     /// The ownership record of a task, if any.
     fn owner_of<'a>(&'a self, task_id: &'a str) -> LedgerFuture<'a, Option<TaskRecord>>;
+    /// Whether `tenant` owns the task: the check on every get and delete, so
+    /// a store may answer it without building the whole record.
+    fn is_owner<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, bool> {
+        Box::pin(async move { Ok(self.owner_of(task_id).await?.is_some_and(|r| r.tenant == tenant)) })
+    }
     /// Marks a task cancelled or deleted.
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()>;
     /// The tenant's tasks created at or after `since_ms`, newest first, deleted ones left out.

@@ -535,6 +535,22 @@ impl Ledger for RedbLedger {
         Box::pin(std::future::ready(result))
     }
 
+    fn is_owner<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, bool> {
+        /// The one field the check needs, borrowed from the stored bytes.
+        #[derive(serde::Deserialize)]
+        struct Owner<'r> {
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'r, str>,
+        }
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+            let value = tasks.get(task_id).map_err(unavailable)?;
+            Ok(value.is_some_and(|v| serde_json::from_slice::<Owner>(v.value()).is_ok_and(|o| o.tenant == tenant)))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()> {
         Box::pin(async move { expect_unit(self.write(Op::SetState(task_id.to_string(), state)).await?) })
     }

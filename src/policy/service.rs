@@ -153,9 +153,9 @@ async fn authorize_task(ledger: &dyn Ledger, tenant: &Tenant, id: &TaskId) -> Re
     if tenant.grants.allows(id) {
         return Ok(());
     }
-    match ledger.owner_of(id.as_str()).await {
-        Ok(Some(record)) if record.tenant == tenant.name.as_str() => Ok(()),
-        Ok(_) => Err(GatewayError::TaskNotGranted),
+    match ledger.is_owner(id.as_str(), tenant.name.as_str()).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(GatewayError::TaskNotGranted),
         Err(e) => {
             tracing::error!(error = %e, "ledger read failed; refusing");
             Err(GatewayError::LedgerUnavailable)
