@@ -58,7 +58,9 @@ pub fn seal_into(out: &mut Vec<u8>, seq: u64, prev_hash: &str, record: &[u8]) ->
 /// Appends `{"hash":"<sha256 of object>",` + the rest of `object` + newline.
 fn seal_object(out: &mut Vec<u8>, object: &[u8]) -> String {
     debug_assert_eq!(object.first(), Some(&b'{'));
-    let hash = hex::encode(Sha256::digest(object));
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(object), &mut hex).expect("a SHA-256 is 64 hex digits");
+    let hash = String::from_utf8(hex.to_vec()).expect("hex is ASCII");
     out.extend_from_slice(PREFIX.as_bytes());
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\",");

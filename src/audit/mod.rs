@@ -18,3 +18,34 @@ pub use note::{AuditFacts, AuditNote};
 pub use record::{AuditRecord, Decision};
 pub use service::AuditService;
 pub use sink::{AuditSink, AuditWriteError, AuditWriter};
+
+use http::HeaderMap;
+
+/// Longest id (a client's or Ark's request id) copied into a record.
+pub const MAX_RECORDED_ID: usize = 128;
+
+/// A header's value for the record: visible ASCII only (anything else is left
+/// out), at most [`MAX_RECORDED_ID`] bytes.
+pub fn recorded_id(headers: &HeaderMap, name: &str) -> Option<String> {
+    let text = headers.get(name)?.to_str().ok()?;
+    // `to_str` admits visible ASCII only, so any byte index is a char boundary.
+    Some(text[..text.len().min(MAX_RECORDED_ID)].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn recorded_ids_are_cut_to_the_limit_and_only_visible_ascii() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-long", HeaderValue::from_str(&"a".repeat(300)).unwrap());
+        headers.insert("x-short", HeaderValue::from_static("req-1"));
+        headers.insert("x-binary", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        assert_eq!(recorded_id(&headers, "x-long").unwrap(), "a".repeat(MAX_RECORDED_ID));
+        assert_eq!(recorded_id(&headers, "x-short").as_deref(), Some("req-1"));
+        assert_eq!(recorded_id(&headers, "x-binary"), None);
+        assert_eq!(recorded_id(&headers, "x-absent"), None);
+    }
+}

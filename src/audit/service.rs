@@ -15,8 +15,6 @@ use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
 
-/// Longest client-supplied id copied into a record.
-const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
@@ -50,11 +48,7 @@ where
             .unwrap_or_default();
         let remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.to_string());
         let method = req.method().as_str().to_string();
-        let client_request_id = req
-            .headers()
-            .get("x-client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(MAX_CLIENT_REQUEST_ID).collect());
+        let client_request_id = super::recorded_id(req.headers(), "x-client-request-id");
         let sink = self.sink.clone();
         let metrics = self.metrics.clone();
         // While the trail cannot be written, calls that change anything are

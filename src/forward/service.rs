@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::Full;
 use tokio::sync::Semaphore;
 use tower::Service;
@@ -211,11 +211,7 @@ impl Service<Request<Bytes>> for Forward {
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.remove(http::header::CONTENT_LENGTH);
             if let Some(note) = note {
-                let upstream_request_id = parts
-                    .headers
-                    .get("x-request-id")
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-                    .map(|v| v.chars().take(128).collect());
+                let upstream_request_id = crate::audit::recorded_id(&parts.headers, "x-request-id");
                 note.record(|facts| {
                     facts.upstream_status = Some(parts.status.as_u16());
                     facts.upstream_request_id = upstream_request_id;

@@ -12,7 +12,7 @@ pub use service::InjectCredentialService;
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::hop::strip_hop_by_hop;
+use crate::hop::{remove_all, strip_hop_by_hop};
 
 /// Headers that describe the tenant's connection or the gateway's own
 /// contract and so must not reach Ark. `Accept-Encoding` is dropped because the
@@ -32,9 +32,7 @@ const NOT_FORWARDED: [HeaderName; 8] = [
 /// Prepares the outbound header set (before the key is added).
 pub fn outbound_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    for name in &NOT_FORWARDED {
-        headers.remove(name);
-    }
+    remove_all(headers, &NOT_FORWARDED);
 }
 
 #[cfg(test)]

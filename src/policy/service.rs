@@ -190,11 +190,7 @@ async fn create<S: Upstream>(
         idempotency_key: idempotency_key(&parts.headers)?,
         at_ms: now_ms(),
     };
-    let client_request_id = parts
-        .headers
-        .get("x-client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(128).collect());
+    let client_request_id = crate::audit::recorded_id(&parts.headers, "x-client-request-id");
     match ledger.begin_create(intent.clone()).await {
         Err(e) => {
             tracing::error!(error = %e, "ledger unavailable; refusing create before forwarding");

@@ -42,9 +42,15 @@ impl RequestId {
             }
             u64::from_le_bytes(seed)
         });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{prefix:016x}{n:016x}");
-        Self(HeaderValue::try_from(text).expect("hex is a valid header value"))
+        Self::from_parts(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `prefix` and `n` as 16 hex digits each (no formatting machinery per request).
+    fn from_parts(prefix: u64, n: u64) -> Self {
+        let mut text = [0u8; 32];
+        hex::encode_to_slice(prefix.to_be_bytes(), &mut text[..16]).expect("16 hex digits fit");
+        hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]).expect("16 hex digits fit");
+        Self(HeaderValue::from_bytes(&text).expect("hex is a valid header value"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -67,5 +73,13 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        // Same process prefix in the high half.
+        assert_eq!(a.as_str()[..16], b.as_str()[..16]);
+    }
+
+    #[test]
+    fn ids_are_prefix_then_counter_in_hex() {
+        let id = RequestId::from_parts(0x0123_4567_89ab_cdef, 42);
+        assert_eq!(id.as_str(), "0123456789abcdef000000000000002a");
     }
 }
