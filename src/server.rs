@@ -5,10 +5,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -17,8 +20,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
@@ -68,12 +71,42 @@ pub struct Worker {
     pub finished: oneshot::Receiver<()>,
 }
 
+/// An accepted connection on its way to another worker.
+type HandOff = (std::net::TcpStream, SocketAddr);
+
+/// Spreads accepted connections over the workers, round robin. Whichever
+/// worker wakes first accepts (a busy one accepts a whole burst before an idle
+/// one even wakes), so connections are dealt out rather than kept: one
+/// cross-thread hand-off per connection, none per request.
+struct Dealer {
+    index: usize,
+    next: Arc<AtomicUsize>,
+    workers: Arc<[mpsc::UnboundedSender<HandOff>]>,
+    inbox: mpsc::UnboundedReceiver<HandOff>,
+}
+
+impl Dealer {
+    /// Keeps the connection (`Some`) or hands it to the worker whose turn it is.
+    fn deal(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        if turn == self.index {
+            return Some((stream, peer));
+        }
+        match stream.into_std() {
+            // A worker that has already stopped drops it: the connection closes unanswered.
+            Ok(stream) => drop(self.workers[turn].send((stream, peer))),
+            Err(e) => tracing::debug!(error = %e, "cannot hand a connection over; closed"),
+        }
+        None
+    }
+}
+
 /// Serves `listener` on one thread per service in `services`, each running a
 /// single-threaded runtime that accepts from the shared listening socket and
-/// drives its connections (and its upstream pool) to the end. A request is
-/// handled start to finish on one thread: no work-stealing wake-ups and no
-/// cross-thread hand-offs on the request path. When `stop` turns true each
-/// worker drains as [`serve`] does.
+/// drives its connections (and its upstream pool) to the end. Connections
+/// are dealt out round robin; a request is then handled start to finish on
+/// one thread: no work-stealing wake-ups and no cross-thread hand-offs on the
+/// request path. When `stop` turns true each worker drains as [`serve`] does.
 pub fn spawn_workers<S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -86,8 +119,17 @@ where
     S::Future: Send + 'static,
 {
     let listener = listener.into_std()?;
+    let (senders, mut inboxes): (Vec<_>, Vec<_>) = services.iter().map(|_| mpsc::unbounded_channel()).unzip();
+    let workers: Arc<[mpsc::UnboundedSender<HandOff>]> = senders.into();
+    let next = Arc::new(AtomicUsize::new(0));
     let mut done = Vec::with_capacity(services.len());
     for (index, service) in services.into_iter().enumerate() {
+        let dealer = Dealer {
+            index,
+            next: next.clone(),
+            workers: workers.clone(),
+            inbox: inboxes.remove(0),
+        };
         let listener = listener.try_clone()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (finished, finished_rx) = oneshot::channel();
@@ -102,9 +144,18 @@ where
                             let shutdown = async move {
                                 let _ = stop.wait_for(|stopping| *stopping).await;
                             };
-                            serve(listener, tls, service, &config, shutdown, move || {
+                            let stopped_accepting = move || {
                                 let _ = closed.send(());
-                            })
+                            };
+                            serve_dealt(
+                                listener,
+                                Some(dealer),
+                                tls,
+                                service,
+                                &config,
+                                shutdown,
+                                stopped_accepting,
+                            )
                             .await
                         }
                         Err(e) => tracing::error!(error = %e, worker = index, "worker cannot listen"),
@@ -138,6 +189,22 @@ pub async fn serve<S>(
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    serve_dealt(listener, None, tls, service, config, shutdown, stopped_accepting).await
+}
+
+/// [`serve`], as one of several workers sharing the listener.
+async fn serve_dealt<S>(
+    listener: TcpListener,
+    mut dealer: Option<Dealer>,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    stopped_accepting: impl FnOnce(),
+) where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -160,8 +227,23 @@ pub async fn serve<S>(
             // Shutdown first: once asked to stop, not one more connection is taken.
             biased;
             () = &mut shutdown => break,
+            Some((stream, peer)) = async { dealer.as_mut()?.inbox.recv().await } => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, peer),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot take a handed-over connection; closed");
+                        continue;
+                    }
+                }
+            }
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => match &dealer {
+                    Some(dealer) => match dealer.deal(stream, peer) {
+                        Some(pair) => pair,
+                        None => continue,
+                    },
+                    None => (stream, peer),
+                },
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -237,12 +319,23 @@ async fn serve_connection<I, S>(
     S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    // One stack per connection, called in place: cloning every layer for
+    // every request would touch each shared handle's reference count, cache
+    // lines that all workers write. The lock is never contended (requests
+    // are dispatched one at a time by the connection's own task).
+    let service = std::sync::Mutex::new(service);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(RemoteAddr(peer));
         if let Some(cert) = &cert {
             req.extensions_mut().insert(cert.clone());
         }
-        service.clone().oneshot(req)
+        let mut stack = service.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The stack is always ready (capacity is refused in `call`, not
+        // waited for); were it ever not, a clone is driven to readiness.
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
+            _ => Either::Right(stack.clone().oneshot(req)),
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(io), per_request);
     if let Err(e) = watcher.watch(connection.into_owned()).await {

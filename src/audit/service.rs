@@ -15,7 +15,6 @@ use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
 
-
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
     pub(super) inner: S,
