@@ -342,3 +342,61 @@ async fn serve_connection<I, S>(
         tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Answers with the name of the thread that served the request.
+    async fn thread_name(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let name = std::thread::current().name().unwrap_or_default().to_string();
+        Ok(Response::new(Full::new(Bytes::from(name))))
+    }
+
+    #[tokio::test]
+    async fn connections_are_dealt_to_the_workers_in_turn() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServerConfig {
+            listen: addr,
+            max_body_bytes: 1024,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            workers: NonZeroUsize::new(2).unwrap(),
+            tls: None,
+        };
+        let services = vec![tower::service_fn(thread_name); 2];
+        let (stop, stopping) = watch::channel(false);
+        let workers = spawn_workers(listener, None, services, &config, stopping).unwrap();
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).await.unwrap();
+            served.push(answer.rsplit("\r\n\r\n").next().unwrap().to_string());
+        }
+        // Whichever worker accepted, each connection was served by the worker whose turn it was.
+        assert_eq!(
+            served,
+            [
+                "ark-gateway-worker-0",
+                "ark-gateway-worker-1",
+                "ark-gateway-worker-0",
+                "ark-gateway-worker-1"
+            ]
+        );
+        stop.send(true).unwrap();
+        for worker in workers {
+            worker.stopped_accepting.await.unwrap();
+            worker.finished.await.unwrap();
+        }
+    }
+}

@@ -16,6 +16,7 @@ fn the_real_ark_config_is_valid() {
     assert_eq!(config.tenants.len(), 2);
     assert_eq!(config.audit.sink, AuditSinkConfig::File("logs/audit.jsonl".into()));
     assert_eq!(config.tenants[1].rate_limit.per, RatePeriod::Minute);
+    assert_eq!(config.server.workers.get(), 2);
     assert!(format!("{config:?}").contains("[redacted]"));
     assert!(!format!("{config:?}").contains("sk-from-a-mounted-secret"));
 }
@@ -27,6 +28,18 @@ fn the_demo_config_is_valid() {
     let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.tenants.len(), 2);
     assert_eq!(text, ark_gateway::demo::DEMO_CONFIG, "the demo embeds this very file");
+}
+
+#[test]
+fn workers_default_to_the_cores_and_zero_is_refused() {
+    let base = "[upstream]\nbase_url = \"https://ark.example/api/v3\"\napi_key_env = \"K\"\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\noperations = [\"get\"]\nrate_limit = { per_second = 1 }\n";
+    let env = |_: &str| Some("k".to_string());
+    let config = Config::from_toml_str(base, &env).unwrap_or_else(|e| panic!("{e}"));
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(config.server.workers.get(), cores);
+    let zero = format!("[server]\nworkers = 0\n{base}");
+    let err = Config::from_toml_str(&zero, &env).unwrap_err();
+    assert!(err.mentions("server.workers"), "{err}");
 }
 
 #[test]

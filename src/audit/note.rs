@@ -26,7 +26,8 @@ impl AuditNote {
         write(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    pub fn facts(&self) -> AuditFacts {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// Takes the facts out (once the request has finished).
+    pub fn take(&self) -> AuditFacts {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

@@ -15,6 +15,15 @@ use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
 
+/// Formats into `buf` and returns the text (cut short if it does not fit,
+/// which the callers' sizes rule out).
+fn format_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> &'b str {
+    let mut cursor = std::io::Cursor::new(&mut *buf);
+    let _ = std::io::Write::write_fmt(&mut cursor, args);
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
     pub(super) inner: S,
@@ -40,13 +49,9 @@ where
         let started = Instant::now();
         let note = AuditNote::default();
         req.extensions_mut().insert(note.clone());
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.as_str().to_string())
-            .unwrap_or_default();
-        let remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.to_string());
-        let method = req.method().as_str().to_string();
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        let remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0);
+        let method = req.method().clone();
         let client_request_id = super::recorded_id(req.headers(), "x-client-request-id");
         let sink = self.sink.clone();
         let metrics = self.metrics.clone();
@@ -66,7 +71,7 @@ where
         };
         Box::pin(async move {
             let result = fut.await;
-            let facts = note.facts();
+            let facts = note.take();
             let (decision, reason, status) = match &result {
                 Ok(response) => {
                     let reason = if facts.answered_locally {
@@ -93,27 +98,33 @@ where
             if let (Err(GatewayError::TenantRateLimited { .. }), Some(tenant)) = (&result, tenant) {
                 metrics.rate_limited(tenant);
             }
+            // Text that must be formatted goes to stack buffers; the rest is borrowed.
+            let (mut ts, mut addr) = ([0u8; 32], [0u8; 64]);
             let record = AuditRecord {
-                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                request_id,
-                tenant: facts.tenant.map(|t| t.as_str().to_string()),
-                method,
-                operation: facts.operation.map(|op| op.as_str().to_string()),
-                task_id: facts.task_id.map(|id| id.as_str().to_string()),
+                ts: format_into(
+                    &mut ts,
+                    format_args!("{}", humantime::format_rfc3339_millis(SystemTime::now())),
+                ),
+                request_id: request_id.as_ref().map_or("", RequestId::as_str),
+                tenant: facts.tenant.as_ref().map(|t| t.as_str()),
+                method: method.as_str(),
+                operation: facts.operation.map(|op| op.as_str()),
+                task_id: facts.task_id.as_ref().map(|id| id.as_str()),
                 decision,
-                reason: reason.to_string(),
+                reason,
                 status,
                 upstream_status: facts.upstream_status,
-                upstream_request_id: facts.upstream_request_id,
-                client_request_id,
+                upstream_request_id: facts.upstream_request_id.as_deref(),
+                client_request_id: client_request_id.as_deref(),
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                remote_addr,
+                remote_addr: remote_addr.map(|a| format_into(&mut addr, format_args!("{a}"))),
             };
             // The record is written (in the kernel) before the client sees the
             // response. If it cannot be, the action has already happened: the
             // answer goes out, the record went to the diagnostic log, and the
             // next mutating call fails closed.
-            let _ = sink.write(record).await;
+            let written = sink.write(&record);
+            let _ = written.await;
             result
         })
     }

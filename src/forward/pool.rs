@@ -249,7 +249,118 @@ fn host_header(base: &Uri) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::config::Config;
+
+    /// A minimal HTTP/1.1 upstream: counts connections, keeps every request
+    /// head, answers `ok` and keeps the connection unless the path says `close`.
+    async fn upstream() -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api/v3", listener.local_addr().unwrap());
+        let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (count, seen) = (connections.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let close = head.lines().next().unwrap_or_default().contains("close");
+                            seen.lock().unwrap().push(head);
+                            let answer: &[u8] = if close {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                            };
+                            if conn.write_all(answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (base, connections, heads)
+    }
+
+    fn pool_for(base: &str) -> UpstreamPool {
+        let text = format!("[upstream]\nbase_url = \"{base}\"\napi_key_env = \"K\"\nallow_insecure_http = true\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"{}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n", "0".repeat(64));
+        let config = Config::from_toml_str(&text, &|_| Some("k".into())).unwrap();
+        crate::forward::build_pool(&config.upstream).unwrap()
+    }
+
+    fn get(base: &str, path: &str) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = format!("{base}{path}").parse().unwrap();
+        req
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_requests_sent_in_origin_form_with_host() {
+        let (base, connections, heads) = upstream().await;
+        let pool = pool_for(&base);
+        for _ in 0..3 {
+            let (parts, body) = pool.exchange(get(&base, "/tasks/a?x=1"), 1024).await.unwrap();
+            assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection, reused");
+        let authority = base
+            .trim_start_matches("http://")
+            .trim_end_matches("/api/v3")
+            .to_string();
+        for head in heads.lock().unwrap().iter() {
+            assert!(head.starts_with("GET /api/v3/tasks/a?x=1 HTTP/1.1\r\n"), "{head}");
+            assert!(
+                head.to_ascii_lowercase().contains(&format!("\r\nhost: {authority}")),
+                "{head}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        let (base, connections, _) = upstream().await;
+        let pool = pool_for(&base);
+        pool.exchange(get(&base, "/close"), 1024).await.unwrap();
+        let (parts, _) = pool.exchange(get(&base, "/after"), 1024).await.unwrap();
+        assert_eq!(parts.status.as_u16(), 200);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_refused() {
+        let (base, _, _) = upstream().await;
+        let pool = pool_for(&base);
+        let err = pool.exchange(get(&base, "/big"), 1).await.unwrap_err();
+        assert!(
+            matches!(err, ExchangeError::ResponseTooLarge { status } if status == 200),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/api/v3", listener.local_addr().unwrap());
+        drop(listener);
+        let err = pool_for(&base).exchange(get(&base, "/x"), 1024).await.unwrap_err();
+        assert!(matches!(err, ExchangeError::Connect(_)), "{err}");
+    }
 
     #[test]
     fn host_header_keeps_only_non_default_ports() {
