@@ -271,3 +271,19 @@ async fn a_read_survives_a_closed_pooled_connection_but_a_create_is_never_resent
         "a connection slot leaked:\n{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_is_502_and_a_read_is_not_asked_again() {
+    let mut upstream = ScriptedUpstream::start(Mode::Answer(200, "", OK_TASK)).await;
+    let mut env = env_for(upstream.base_url(), "max_response_bytes = 10").await;
+    let reply = env.call("GET", GRANTED, Some(ALPHA), None).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.error_code(), "UpstreamUnavailable");
+    assert_eq!(upstream.seen.recv().await.unwrap().split(' ').next(), Some("GET"));
+    assert!(
+        upstream.seen.try_recv().is_err(),
+        "an answer over the limit was asked for twice"
+    );
+    let audit = env.finish().await;
+    assert_eq!(audit.last().unwrap().reason, "upstream_response_too_large");
+}

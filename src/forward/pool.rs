@@ -209,25 +209,26 @@ impl UpstreamPool {
                 .handshake(io)
                 .await
                 .map_err(|e| ExchangeError::Connect(Box::new(e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                }
-            });
+            drive(connection);
             Ok(Sender::Http2(sender))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)
                 .await
                 .map_err(|e| ExchangeError::Connect(Box::new(e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
+            drive(connection);
             Ok(Sender::Http1(sender))
         }
     }
+}
+
+/// Runs a connection's task on this worker's runtime until the connection ends.
+fn drive(connection: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
 }
 
 /// `host[:port]`, the port only where it is not the scheme's default.

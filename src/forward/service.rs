@@ -151,7 +151,9 @@ impl Service<Request<Bytes>> for Forward {
             let exchange = async {
                 let first = retryable.then(|| clone_request(&outbound));
                 let answer = match (shared.client.exchange(outbound, shared.max_response_bytes).await, first) {
-                    (Err(e), Some(again)) if !matches!(e, ExchangeError::Connect(_)) => {
+                    // Not after a connect failure (nothing was sent; the
+                    // next try would fail alike) nor an oversized answer.
+                    (Err(e @ ExchangeError::Protocol(_)), Some(again)) => {
                         tracing::debug!(error = %e, "upstream connection failed; retrying the read once");
                         // Boxed: a second exchange state inline would double
                         // the size of every request's future.
