@@ -354,6 +354,114 @@ mod tests {
         );
     }
 
+    /// A TLS upstream offering `alpn`, answering with the request's version,
+    /// target and Host; returns its base URL, a CA file trusting it, and
+    /// the number of connections it accepted.
+    async fn tls_upstream(dir: &std::path::Path, alpn: &[&[u8]]) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("https://localhost:{}/api/v3", listener.local_addr().unwrap().port());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("-");
+                        let text = format!("{:?} {} {host}", req.version(), req.uri());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(text))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (base, ca_file, connections)
+    }
+
+    fn tls_pool_for(base: &str, ca_file: &std::path::Path) -> UpstreamPool {
+        let text = format!("[upstream]\nbase_url = \"{base}\"\napi_key_env = \"K\"\nca_file = \"{}\"\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"{}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n", ca_file.display(), "0".repeat(64));
+        let config = Config::from_toml_str(&text, &|_| Some("k".into())).unwrap();
+        crate::forward::build_pool(&config.upstream).unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_tls_http2_is_negotiated_and_one_connection_is_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, ca_file, connections) = tls_upstream(dir.path(), &[b"h2", b"http/1.1"]).await;
+        let pool = tls_pool_for(&base, &ca_file);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let (parts, body) = pool.exchange(get(&base, "/tasks/a"), 1024).await.unwrap();
+            assert_eq!(parts.status.as_u16(), 200);
+            answers.push(String::from_utf8(body.to_vec()).unwrap());
+        }
+        let port = base
+            .trim_start_matches("https://localhost:")
+            .trim_end_matches("/api/v3");
+        let expected = format!("HTTP/2.0 https://localhost:{port}/api/v3/tasks/a -");
+        assert!(answers.iter().all(|a| *a == expected), "{answers:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn over_tls_http1_is_used_when_the_upstream_offers_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, ca_file, connections) = tls_upstream(dir.path(), &[b"http/1.1"]).await;
+        let pool = tls_pool_for(&base, &ca_file);
+        for _ in 0..2 {
+            let (_, body) = pool.exchange(get(&base, "/tasks/a"), 1024).await.unwrap();
+            let port = base
+                .trim_start_matches("https://localhost:")
+                .trim_end_matches("/api/v3");
+            assert_eq!(body, format!("HTTP/1.1 /api/v3/tasks/a localhost:{port}"));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_upstream_certificate_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _, _) = tls_upstream(dir.path(), &[b"h2"]).await;
+        let other = tempfile::tempdir().unwrap();
+        let (_, unrelated_ca, _) = tls_upstream(other.path(), &[b"h2"]).await;
+        let err = tls_pool_for(&base, &unrelated_ca)
+            .exchange(get(&base, "/tasks/a"), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExchangeError::Connect(_)), "{err}");
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
