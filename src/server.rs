@@ -92,12 +92,24 @@ impl Dealer {
         if turn == self.index {
             return Some((stream, peer));
         }
-        match stream.into_std() {
-            // A worker that has already stopped drops it: the connection closes unanswered.
-            Ok(stream) => drop(self.workers[turn].send((stream, peer))),
-            Err(e) => tracing::debug!(error = %e, "cannot hand a connection over; closed"),
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand a connection over; closed");
+                return None;
+            }
+        };
+        match self.workers[turn].send((stream, peer)) {
+            Ok(()) => None,
+            // That worker is gone (it stopped, or its thread died): serve it here.
+            Err(mpsc::error::SendError((stream, peer))) => match TcpStream::from_std(stream) {
+                Ok(stream) => Some((stream, peer)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take a connection back; closed");
+                    None
+                }
+            },
         }
-        None
     }
 }
 
@@ -355,6 +367,33 @@ mod tests {
     async fn thread_name(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let name = std::thread::current().name().unwrap_or_default().to_string();
         Ok(Response::new(Full::new(Bytes::from(name))))
+    }
+
+    #[tokio::test]
+    async fn a_connection_for_a_worker_that_is_gone_is_served_by_the_dealer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (to_self, inbox) = mpsc::unbounded_channel();
+        let (to_other, mut other_inbox) = mpsc::unbounded_channel();
+        let dealer = Dealer {
+            index: 0,
+            // Every deal below is worker 1's turn.
+            next: Arc::new(AtomicUsize::new(1)),
+            workers: vec![to_self, to_other].into(),
+            inbox,
+        };
+        let accept = || async {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            listener.accept().await.unwrap()
+        };
+        let (stream, peer) = accept().await;
+        assert!(dealer.deal(stream, peer).is_none(), "worker 1 is alive: handed over");
+        assert_eq!(other_inbox.recv().await.unwrap().1, peer);
+        drop(other_inbox);
+        dealer.next.store(1, Ordering::Relaxed);
+        let (stream, peer) = accept().await;
+        let kept = dealer.deal(stream, peer).expect("worker 1 is gone: kept here");
+        assert_eq!(kept.1, peer);
     }
 
     #[tokio::test]
