@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -7,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use tokio::sync::Semaphore;
 use tower::Service;
 
 use super::{ExchangeError, UpstreamPool};
@@ -37,7 +37,7 @@ struct Shared {
     timeout: Duration,
     max_response_bytes: usize,
     /// `upstream.max_concurrent`, shared by every worker.
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -50,7 +50,7 @@ impl Forward {
                 base: config.base_url.to_string().trim_end_matches('/').to_string(),
                 timeout: config.timeout,
                 max_response_bytes: config.max_response_bytes,
-                slots: Arc::new(Semaphore::new(config.max_concurrent.get())),
+                slots: Arc::new(Slots::new(config.max_concurrent.get())),
                 metrics,
                 health,
             }),
@@ -72,6 +72,38 @@ impl Forward {
                 health: s.health.clone(),
             }),
         }
+    }
+}
+
+/// The `upstream.max_concurrent` slots: taken or refused, never waited for,
+/// so a counter does what a semaphore would, without its lock on release.
+struct Slots {
+    in_use: AtomicUsize,
+    max: usize,
+}
+
+/// A taken slot; given back when dropped.
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Self {
+            in_use: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn try_take(&self) -> Option<Slot<'_>> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -122,7 +154,7 @@ impl Service<Request<Bytes>> for Forward {
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+            let Some(_slot) = shared.slots.try_take() else {
                 return Err(GatewayError::UpstreamBusy);
             };
             let (parts, body) = req.into_parts();
@@ -227,6 +259,18 @@ impl Service<Request<Bytes>> for Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_refused_at_the_limit_and_given_back_on_drop() {
+        let slots = Slots::new(2);
+        let a = slots.try_take().unwrap();
+        let b = slots.try_take().unwrap();
+        assert!(slots.try_take().is_none(), "a third slot of two");
+        drop(a);
+        let c = slots.try_take().expect("a slot given back is free again");
+        drop((b, c));
+        assert_eq!(slots.in_use.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn upstream_uri_appends_the_route_to_the_base() {
