@@ -83,11 +83,15 @@ impl UpstreamPool {
         max_response_bytes: usize,
     ) -> Result<(Parts, Bytes), ExchangeError> {
         let (mut sender, reused) = self.checkout(req.uri()).await?;
+        // `send` rewrites the target for HTTP/1.1; a refused request gets it back.
+        let target = req.uri().clone();
         let response = match self.send(&mut sender, req).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
-                Some(req) if reused => {
+                Some(mut req) if reused => {
                     tracing::debug!(error = %e.error(), "pooled upstream connection closed before sending; new connection");
+                    *req.uri_mut() = target;
+                    req.headers_mut().remove(HOST);
                     sender = self.connect(req.uri()).await?;
                     Box::pin(self.send(&mut sender, req))
                         .await
