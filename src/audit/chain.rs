@@ -32,14 +32,6 @@ impl ChainHead {
     }
 }
 
-/// Seals a serialized record body (a JSON object that already holds `seq` and
-/// `prev_hash`) into a line, returning the line and its hash.
-pub fn seal(object: &[u8]) -> (Vec<u8>, String) {
-    let mut line = Vec::with_capacity(object.len() + 80);
-    let hash = seal_object(&mut line, object);
-    (line, hash)
-}
-
 /// Appends the line for a serialized record (a JSON object without the chain
 /// fields) as record `seq` after `prev_hash`, and returns the new head.
 pub fn seal_into(out: &mut Vec<u8>, seq: u64, prev_hash: &str, record: &[u8]) -> ChainHead {
@@ -241,9 +233,8 @@ mod tests {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
-                let body = format!(r#"{{"seq":{seq},"prev_hash":"{prev}","status":200}}"#);
-                let (line, hash) = seal(body.as_bytes());
-                prev = hash;
+                let mut line = Vec::new();
+                prev = seal_into(&mut line, seq, &prev, br#"{"status":200}"#).hash;
                 String::from_utf8(line).unwrap()
             })
             .collect()
@@ -337,7 +328,9 @@ mod tests {
         let mut lines = chain(4);
         let forged_body = lines[1].replace("\"status\":200", "\"status\":201");
         let object = format!("{{{}", &forged_body[PREFIX.len() + 66..forged_body.len() - 1]);
-        lines[1] = String::from_utf8(seal(object.as_bytes()).0).unwrap();
+        let mut forged = Vec::new();
+        seal_object(&mut forged, object.as_bytes());
+        lines[1] = String::from_utf8(forged).unwrap();
         assert!(matches!(
             check(&lines),
             Finding::Broken {

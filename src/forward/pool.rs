@@ -453,6 +453,55 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
+    /// The log lines of everything on this thread, for the canary test.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// HTTP/2 to Ark is what TLS usually negotiates, and h2 logs frames at
+    /// trace level: the key must appear in none of it (the process-level
+    /// canary test runs over plain HTTP/1.1 only).
+    #[tokio::test]
+    async fn over_http2_at_trace_level_the_key_reaches_no_log_line() {
+        const CANARY: &str = "sk-canary-h2-7f3a9c";
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // This test's runtime is single-threaded: client and upstream tasks log here.
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let (base, ca_file, _) = tls_upstream(dir.path(), &[b"h2"]).await;
+        let pool = tls_pool_for(&base, &ca_file);
+        for _ in 0..2 {
+            let mut req = get(&base, "/tasks/a");
+            let mut key = HeaderValue::from_str(&format!("Bearer {CANARY}")).unwrap();
+            key.set_sensitive(true);
+            req.headers_mut().insert(http::header::AUTHORIZATION, key);
+            let (parts, body) = pool.exchange(req, 1024).await.unwrap();
+            assert_eq!(parts.status.as_u16(), 200);
+            assert!(body.starts_with(b"HTTP/2.0"), "{body:?}");
+        }
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.lines().count() > 20,
+            "trace logging produced too little to be a real check:\n{text}"
+        );
+        assert!(!text.contains(CANARY), "the key is in a trace line");
+    }
+
     #[tokio::test]
     async fn an_untrusted_upstream_certificate_is_a_connect_error() {
         let dir = tempfile::tempdir().unwrap();
