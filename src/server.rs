@@ -28,9 +28,26 @@ use tower::{Service, ServiceExt};
 
 use crate::config::{ServerConfig, ServerTls};
 
-/// The peer address of the tenant's connection, as a request extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteAddr(pub SocketAddr);
+/// The peer address of the tenant's connection, as a request extension. Its
+/// text (for the audit record) is rendered once per connection, not per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAddr {
+    pub addr: SocketAddr,
+    text: Arc<str>,
+}
+
+impl RemoteAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            text: addr.to_string().into(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
 
 /// The client certificate of an mTLS connection (already verified against
 /// `server.tls.client_ca` by rustls), as a request extension.
@@ -336,8 +353,9 @@ async fn serve_connection<I, S>(
     // lines that all workers write. The lock is never contended (requests
     // are dispatched one at a time by the connection's own task).
     let service = std::sync::Mutex::new(service);
+    let remote = RemoteAddr::new(peer);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(RemoteAddr(peer));
+        req.extensions_mut().insert(remote.clone());
         if let Some(cert) = &cert {
             req.extensions_mut().insert(cert.clone());
         }

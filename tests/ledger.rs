@@ -295,6 +295,37 @@ async fn is_owner_answers_for_the_owner_only() {
     assert!(!ledger.is_owner("cgt-own", "alpha").await.unwrap());
 }
 
+/// The embedded ledger remembers owners it has read; every write that can
+/// change an owner (a grant to another tenant, a revoke, the sweep) must be
+/// seen by the very next check.
+#[tokio::test]
+async fn owner_checks_follow_grants_and_sweeps_after_a_cached_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    let it = intent("i1", "alpha", None, 1_000);
+    assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
+    ledger
+        .complete_create(it, record("cgt-moved", "alpha", 1_000))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(ledger.is_owner("cgt-moved", "alpha").await.unwrap());
+        assert!(!ledger.is_owner("cgt-moved", "beta").await.unwrap());
+    }
+    ledger.grant("beta", &["cgt-moved".to_string()], 2_000).await.unwrap();
+    assert!(
+        !ledger.is_owner("cgt-moved", "alpha").await.unwrap(),
+        "a stale owner answered"
+    );
+    assert!(ledger.is_owner("cgt-moved", "beta").await.unwrap());
+    // The grant kept the task's creation time; the sweep drops it.
+    ledger.sweep(10_000, 10_000).await.unwrap();
+    assert!(
+        !ledger.is_owner("cgt-moved", "beta").await.unwrap(),
+        "a swept task is still owned"
+    );
+}
+
 #[tokio::test]
 async fn idempotency_outcomes_in_the_ledger() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,32 +33,49 @@ impl ChainHead {
 }
 
 /// Appends the line for a serialized record (a JSON object without the chain
-/// fields) as record `seq` after `prev_hash`, and returns the new head.
-pub fn seal_into(out: &mut Vec<u8>, seq: u64, prev_hash: &str, record: &[u8]) -> ChainHead {
+/// fields) as the record after `head`, and moves `head` on to it. Nothing is
+/// allocated: the hash is taken over the pieces of the line where they are.
+pub fn seal_into(out: &mut Vec<u8>, head: &mut ChainHead, record: &[u8]) {
     debug_assert_eq!(record.first(), Some(&b'{'));
-    let mut object = Vec::with_capacity(record.len() + 100);
-    object.extend_from_slice(b"{\"seq\":");
-    object.extend_from_slice(seq.to_string().as_bytes());
-    object.extend_from_slice(b",\"prev_hash\":\"");
-    object.extend_from_slice(prev_hash.as_bytes());
-    object.extend_from_slice(b"\",");
-    object.extend_from_slice(&record[1..]);
-    let hash = seal_object(out, &object);
-    ChainHead { seq, hash }
+    let seq = head.seq + 1;
+    let mut digits = [0u8; 20];
+    let seq_text = decimal(seq, &mut digits);
+    // The hashed object is `{"seq":N,"prev_hash":"…",` + the rest of the record.
+    let mut hasher = Sha256::new();
+    hasher.update(b"{\"seq\":");
+    hasher.update(seq_text);
+    hasher.update(b",\"prev_hash\":\"");
+    hasher.update(head.hash.as_bytes());
+    hasher.update(b"\",");
+    hasher.update(&record[1..]);
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(hasher.finalize(), &mut hex).expect("a SHA-256 is 64 hex digits");
+    out.reserve(PREFIX.len() + 64 + 24 + seq_text.len() + head.hash.len() + record.len());
+    out.extend_from_slice(PREFIX.as_bytes());
+    out.extend_from_slice(&hex);
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(seq_text);
+    out.extend_from_slice(b",\"prev_hash\":\"");
+    out.extend_from_slice(head.hash.as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&record[1..]);
+    out.push(b'\n');
+    head.seq = seq;
+    head.hash.clear();
+    head.hash.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
 }
 
-/// Appends `{"hash":"<sha256 of object>",` + the rest of `object` + newline.
-fn seal_object(out: &mut Vec<u8>, object: &[u8]) -> String {
-    debug_assert_eq!(object.first(), Some(&b'{'));
-    let mut hex = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(object), &mut hex).expect("a SHA-256 is 64 hex digits");
-    let hash = String::from_utf8(hex.to_vec()).expect("hex is ASCII");
-    out.extend_from_slice(PREFIX.as_bytes());
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\",");
-    out.extend_from_slice(&object[1..]);
-    out.push(b'\n');
-    hash
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -230,11 +247,11 @@ mod tests {
     use super::*;
 
     fn chain(n: u64) -> Vec<String> {
-        let mut prev = GENESIS.to_string();
+        let mut head = ChainHead::genesis();
         (1..=n)
-            .map(|seq| {
+            .map(|_| {
                 let mut line = Vec::new();
-                prev = seal_into(&mut line, seq, &prev, br#"{"status":200}"#).hash;
+                seal_into(&mut line, &mut head, br#"{"status":200}"#);
                 String::from_utf8(line).unwrap()
             })
             .collect()
@@ -321,6 +338,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Appends `{"hash":"<sha256 of object>",` + the rest of `object`: what a
+    /// forger who recomputes the hash of a changed record would write.
+    fn seal_object(out: &mut Vec<u8>, object: &[u8]) {
+        out.extend_from_slice(PREFIX.as_bytes());
+        out.extend_from_slice(hex::encode(Sha256::digest(object)).as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(&object[1..]);
+        out.push(b'\n');
+    }
+
+    #[test]
+    fn sealed_lines_carry_seq_and_link_and_hash_their_own_bytes() {
+        let mut head = ChainHead {
+            seq: 9,
+            hash: "ab".repeat(32),
+        };
+        let mut line = Vec::new();
+        seal_into(&mut line, &mut head, br#"{"status":200}"#);
+        let line = String::from_utf8(line).unwrap();
+        let object = format!("{{\"seq\":10,\"prev_hash\":\"{}\",\"status\":200}}", "ab".repeat(32));
+        let hash = hex::encode(Sha256::digest(object.as_bytes()));
+        assert_eq!(line, format!("{{\"hash\":\"{hash}\",{}\n", &object[1..]));
+        assert_eq!(head, ChainHead { seq: 10, hash });
+        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod note;
 mod record;
 mod service;
 mod sink;
+mod timestamp;
 
 pub use layer::AuditLayer;
 pub use note::{AuditFacts, AuditNote};
@@ -19,14 +20,21 @@ pub use record::{AuditRecord, Decision};
 pub use service::AuditService;
 pub use sink::{AuditSink, AuditWriteError, AuditWriter};
 
+use http::header::{AsHeaderName, HeaderName};
 use http::HeaderMap;
 
 /// Longest id (a client's or Ark's request id) copied into a record.
 pub const MAX_RECORDED_ID: usize = 128;
 
+/// The client's own request id, recorded (and forwarded) as it came.
+pub static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+/// Ark's request id on its answers.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// A header's value for the record: visible ASCII only (anything else is left
-/// out), at most [`MAX_RECORDED_ID`] bytes.
-pub fn recorded_id(headers: &HeaderMap, name: &str) -> Option<String> {
+/// out), at most [`MAX_RECORDED_ID`] bytes. Take the name as a [`HeaderName`]
+/// constant on the request path: a `&str` is parsed again on every lookup.
+pub fn recorded_id(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
     let text = headers.get(name)?.to_str().ok()?;
     // `to_str` admits visible ASCII only, so any byte index is a char boundary.
     Some(text[..text.len().min(MAX_RECORDED_ID)].to_owned())

@@ -35,9 +35,142 @@ pub struct AuditRecord<S = String> {
     pub remote_addr: Option<S>,
 }
 
+impl<S: AsRef<str>> AuditRecord<S> {
+    /// Appends the record's JSON, byte for byte what `serde_json` writes for
+    /// it (fields in declaration order, `null` for none), without serde's
+    /// per-field machinery: the keys are constants, and a value is escaped
+    /// only if it holds a character JSON requires escaping.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":");
+        string(out, &self.ts);
+        out.extend_from_slice(b",\"request_id\":");
+        string(out, &self.request_id);
+        out.extend_from_slice(b",\"tenant\":");
+        optional(out, self.tenant.as_ref());
+        out.extend_from_slice(b",\"method\":");
+        string(out, &self.method);
+        out.extend_from_slice(b",\"operation\":");
+        optional(out, self.operation.as_ref());
+        out.extend_from_slice(b",\"task_id\":");
+        optional(out, self.task_id.as_ref());
+        out.extend_from_slice(match self.decision {
+            Decision::Allow => b",\"decision\":\"allow\",\"reason\":",
+            Decision::Deny => b",\"decision\":\"deny\",\"reason\":",
+        });
+        string(out, &self.reason);
+        out.extend_from_slice(b",\"status\":");
+        number(out, self.status);
+        out.extend_from_slice(b",\"upstream_status\":");
+        match self.upstream_status {
+            Some(status) => number(out, status),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"upstream_request_id\":");
+        optional(out, self.upstream_request_id.as_ref());
+        out.extend_from_slice(b",\"client_request_id\":");
+        optional(out, self.client_request_id.as_ref());
+        out.extend_from_slice(b",\"duration_ms\":");
+        serde_json::to_writer(&mut *out, &self.duration_ms).expect("a number serializes");
+        out.extend_from_slice(b",\"remote_addr\":");
+        optional(out, self.remote_addr.as_ref());
+        out.push(b'}');
+    }
+}
+
+/// A JSON string. Most values (ids, names, codes) need no escaping and are
+/// copied as they are; any other goes through `serde_json`'s own escaping.
+fn string(out: &mut Vec<u8>, value: &impl AsRef<str>) {
+    let value = value.as_ref();
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        serde_json::to_writer(&mut *out, value).expect("a string serializes");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn optional(out: &mut Vec<u8>, value: Option<&impl AsRef<str>>) {
+    match value {
+        Some(value) => string(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn number(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut start = digits.len();
+    let mut n = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn record_with(text: &str, duration_ms: f64, status: u16, some: bool) -> AuditRecord<&str> {
+        AuditRecord {
+            ts: "2026-11-29T18:00:00.000Z",
+            request_id: text,
+            tenant: some.then_some(text),
+            method: "GET",
+            operation: some.then_some("get"),
+            task_id: some.then_some("cgt-1"),
+            decision: if some { Decision::Allow } else { Decision::Deny },
+            reason: text,
+            status,
+            upstream_status: some.then_some(status),
+            upstream_request_id: some.then_some(text),
+            client_request_id: (!some).then_some(text),
+            duration_ms,
+            remote_addr: some.then_some("[::1]:4000"),
+        }
+    }
+
+    #[test]
+    fn written_json_is_what_serde_writes() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "ctl \n\t\r\u{1}\u{1f}\u{7f}",
+            "caf\u{e9} \u{1f600}",
+        ] {
+            for (duration_ms, status, some) in [
+                (0.0, 0, true),
+                (1.5, 200, false),
+                (1234.567, 65535, true),
+                (f64::NAN, 9, false),
+            ] {
+                let record = record_with(text, duration_ms, status, some);
+                let mut ours = Vec::new();
+                record.write_json(&mut ours);
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    serde_json::to_string(&record).unwrap()
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn written_json_matches_serde_for_any_text(text in any::<String>(), duration_ms in any::<f64>(), status in any::<u16>(), some in any::<bool>()) {
+            let record = record_with(&text, duration_ms, status, some);
+            let mut ours = Vec::new();
+            record.write_json(&mut ours);
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&record).unwrap());
+        }
+    }
 
     #[test]
     fn borrowed_and_owned_records_serialize_alike() {

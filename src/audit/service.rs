@@ -8,21 +8,12 @@ use futures_util::future::Either;
 use http::{Method, Request};
 use tower::Service;
 
-use super::{AuditNote, AuditRecord, AuditSink, Decision};
+use super::{timestamp, AuditNote, AuditRecord, AuditSink, Decision};
 use crate::config::OnAuditFailure;
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
-
-/// Formats into `buf` and returns the text (cut short if it does not fit,
-/// which the callers' sizes rule out).
-fn format_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> &'b str {
-    let mut cursor = std::io::Cursor::new(&mut *buf);
-    let _ = std::io::Write::write_fmt(&mut cursor, args);
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
-}
 
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
@@ -50,9 +41,9 @@ where
         let note = AuditNote::default();
         req.extensions_mut().insert(note.clone());
         let request_id = req.extensions().get::<RequestId>().cloned();
-        let remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0);
+        let remote_addr = req.extensions().get::<RemoteAddr>().cloned();
         let method = req.method().clone();
-        let client_request_id = super::recorded_id(req.headers(), "x-client-request-id");
+        let client_request_id = super::recorded_id(req.headers(), &super::X_CLIENT_REQUEST_ID);
         let sink = self.sink.clone();
         let metrics = self.metrics.clone();
         // While the trail cannot be written, calls that change anything are
@@ -98,13 +89,10 @@ where
             if let (Err(GatewayError::TenantRateLimited { .. }), Some(tenant)) = (&result, tenant) {
                 metrics.rate_limited(tenant);
             }
-            // Text that must be formatted goes to stack buffers; the rest is borrowed.
-            let (mut ts, mut addr) = ([0u8; 32], [0u8; 64]);
+            // Everything is borrowed; only the time is rendered, into a stack buffer.
+            let mut ts = [0u8; timestamp::LEN];
             let record = AuditRecord {
-                ts: format_into(
-                    &mut ts,
-                    format_args!("{}", humantime::format_rfc3339_millis(SystemTime::now())),
-                ),
+                ts: timestamp::rfc3339_millis(SystemTime::now(), &mut ts),
                 request_id: request_id.as_ref().map_or("", RequestId::as_str),
                 tenant: facts.tenant.as_ref().map(|t| t.as_str()),
                 method: method.as_str(),
@@ -117,7 +105,7 @@ where
                 upstream_request_id: facts.upstream_request_id.as_deref(),
                 client_request_id: client_request_id.as_deref(),
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                remote_addr: remote_addr.map(|a| format_into(&mut addr, format_args!("{a}"))),
+                remote_addr: remote_addr.as_ref().map(RemoteAddr::as_str),
             };
             // The record is written (in the kernel) before the client sees the
             // response. If it cannot be, the action has already happened: the

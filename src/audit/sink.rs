@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
+use futures_util::future::Either;
 use tokio::sync::oneshot;
 
 use super::chain::{self, ChainHead};
 use super::AuditRecord;
 use crate::config::{AuditConfig, AuditSinkConfig, FsyncPolicy};
+
+/// Largest batch buffer kept between batches.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// How often the background task checks that the file is still where it was.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -52,10 +55,46 @@ struct WorkerQueue {
 
 #[derive(Debug, Default)]
 struct Pending {
-    lines: Vec<Vec<u8>>,
+    records: Records,
     waiters: Vec<oneshot::Sender<Result<(), AuditWriteError>>>,
     /// A flush task is queued on the worker's runtime.
     scheduled: bool,
+    /// The buffers of the last batch written, emptied, for the next round.
+    spare: (Records, Vec<oneshot::Sender<Result<(), AuditWriteError>>>),
+}
+
+/// Serialized records (JSON objects without the chain fields), back to back
+/// in the order they were queued: one buffer a round, not one per record.
+#[derive(Debug, Default)]
+struct Records {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Records {
+    fn push<S: AsRef<str>>(&mut self, record: &AuditRecord<S>) {
+        record.write_json(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let record = &self.bytes[start..end];
+            start = end;
+            record
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +112,11 @@ struct State {
     head: ChainHead,
     /// Bytes written since the last fdatasync.
     unsynced: bool,
+    /// Reused for every batch (no allocation per batch): the head as the
+    /// batch is sealed (it becomes `head` once the write succeeded), and the
+    /// sealed lines.
+    next: ChainHead,
+    sealed: Vec<u8>,
 }
 
 /// Handle for an orderly stop: [`AuditWriter::finish`] syncs and flushes.
@@ -230,8 +274,10 @@ impl AuditSink {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     output,
+                    next: head.clone(),
                     head,
                     unsynced: false,
+                    sealed: Vec::new(),
                 }),
                 healthy: AtomicBool::new(true),
                 file,
@@ -280,53 +326,62 @@ impl AuditSink {
     /// Seals the record into the chain and writes it; the returned future
     /// resolves once it is in the kernel (and, with `fsync = "always"`, on
     /// the disk). The record is serialized at once, so it may borrow.
-    pub fn write<S: Serialize>(
+    pub fn write<S: AsRef<str>>(
         &self,
         record: &AuditRecord<S>,
     ) -> impl Future<Output = Result<(), AuditWriteError>> + Send + 'static {
-        // Serialized before any lock; only the chain fields are added inside.
-        let json = serde_json::to_vec(record).expect("audit records serialize");
-        let sink = self.clone();
-        async move { sink.write_json(json).await }
-    }
-
-    async fn write_json(&self, json: Vec<u8>) -> Result<(), AuditWriteError> {
         let Some(queue) = &self.queue else {
-            return self.write_lines(vec![json]).await;
+            let mut one = Records::default();
+            one.push(record);
+            let sink = self.clone();
+            return Either::Left(async move { sink.write_lines(&one).await });
         };
+        // Serialized straight into the round's buffer; the lock is the
+        // worker's own (its requests run on one thread), never contended.
         let (done, written) = oneshot::channel();
         let spawn_flush = {
             let mut pending = queue.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.lines.push(json);
+            pending.records.push(record);
             pending.waiters.push(done);
             !std::mem::replace(&mut pending.scheduled, true)
         };
         if spawn_flush {
             let (sink, queue) = (self.clone(), queue.clone());
             tokio::spawn(async move {
-                let (lines, waiters) = {
+                let (mut records, mut waiters) = {
                     let mut pending = queue.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     pending.scheduled = false;
-                    (std::mem::take(&mut pending.lines), std::mem::take(&mut pending.waiters))
+                    let (spare_records, spare_waiters) = std::mem::take(&mut pending.spare);
+                    (
+                        std::mem::replace(&mut pending.records, spare_records),
+                        std::mem::replace(&mut pending.waiters, spare_waiters),
+                    )
                 };
-                tracing::trace!(records = lines.len(), "audit batch");
-                let result = sink.write_lines(lines).await;
-                for waiter in waiters {
+                tracing::trace!(records = records.len(), "audit batch");
+                let result = sink.write_lines(&records).await;
+                for waiter in waiters.drain(..) {
                     let _ = waiter.send(result.clone());
                 }
+                records.clear();
+                if records.bytes.capacity() > MAX_KEPT_BUFFER {
+                    records = Records::default();
+                }
+                queue.pending.lock().unwrap_or_else(PoisonError::into_inner).spare = (records, waiters);
             });
         }
-        written
-            .await
-            .unwrap_or_else(|_| Err(AuditWriteError("the audit flush task ended".into())))
+        Either::Right(async move {
+            written
+                .await
+                .unwrap_or_else(|_| Err(AuditWriteError("the audit flush task ended".into())))
+        })
     }
 
     /// Writes serialized records in order, as one batch; a batch that cannot
     /// be written goes to the diagnostic log, record by record.
-    async fn write_lines(&self, lines: Vec<Vec<u8>>) -> Result<(), AuditWriteError> {
-        let written = self.write_sealed(&lines);
+    async fn write_lines(&self, records: &Records) -> Result<(), AuditWriteError> {
+        let written = self.write_sealed(records);
         if let Err(e) = &written {
-            for json in &lines {
+            for json in records.iter() {
                 fallback(json, &e.0);
             }
             return written;
@@ -345,9 +400,15 @@ impl AuditSink {
         written
     }
 
-    fn write_sealed(&self, lines: &[Vec<u8>]) -> Result<(), AuditWriteError> {
+    fn write_sealed(&self, records: &Records) -> Result<(), AuditWriteError> {
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let State { output, head, unsynced } = &mut *state;
+        let State {
+            output,
+            head,
+            unsynced,
+            next,
+            sealed,
+        } = &mut *state;
         // Refuse to write into a file that was unlinked (one fstat on our own
         // descriptor per batch; the path itself is checked before mutating
         // calls and every 500 ms).
@@ -357,14 +418,21 @@ impl AuditSink {
             }
             return Err(AuditWriteError(problem));
         }
-        let mut batch = Vec::with_capacity(lines.iter().map(|json| json.len() + 200).sum());
-        let mut next = head.clone();
-        for json in lines {
-            next = chain::seal_into(&mut batch, next.seq + 1, &next.hash, json);
+        sealed.clear();
+        // Field by field: a derived `clone_from` would allocate a new hash string.
+        next.seq = head.seq;
+        next.hash.clone_from(&head.hash);
+        for json in records.iter() {
+            chain::seal_into(sealed, next, json);
         }
-        match output.write_batch(&batch) {
+        let written = output.write_batch(sealed);
+        if sealed.capacity() > MAX_KEPT_BUFFER {
+            // One unusual burst should not keep its buffer for good.
+            *sealed = Vec::new();
+        }
+        match written {
             Ok(()) => {
-                *head = next;
+                std::mem::swap(head, next);
                 *unsynced = true;
                 if !self.inner.healthy.swap(true, Ordering::SeqCst) {
                     tracing::warn!("the audit sink accepts writes again");

@@ -245,7 +245,7 @@ impl Service<Request<Bytes>> for Forward {
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.remove(http::header::CONTENT_LENGTH);
             if let Some(note) = note {
-                let upstream_request_id = crate::audit::recorded_id(&parts.headers, "x-request-id");
+                let upstream_request_id = crate::audit::recorded_id(&parts.headers, &crate::audit::X_REQUEST_ID);
                 note.record(|facts| {
                     facts.upstream_status = Some(parts.status.as_u16());
                     facts.upstream_request_id = upstream_request_id;

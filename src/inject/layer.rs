@@ -20,7 +20,7 @@ impl<S> Layer<S> for InjectCredentialLayer {
     fn layer(&self, inner: S) -> Self::Service {
         InjectCredentialService {
             inner,
-            shared: self.shared.clone(),
+            shared: std::sync::Arc::new(self.shared.clone()),
         }
     }
 }

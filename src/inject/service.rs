@@ -11,7 +11,11 @@ use crate::runtime::{SharedSnapshot, Snapshot};
 #[derive(Clone)]
 pub struct InjectCredentialService<S> {
     pub(super) inner: S,
-    pub(super) shared: SharedSnapshot,
+    /// Only for a request without a snapshot (a stack without authentication).
+    /// Behind a reference count of this stack's own: the policy clones this
+    /// service per request, and the shared handle's count is a cache line
+    /// that every worker would write.
+    pub(super) shared: Arc<SharedSnapshot>,
 }
 
 impl<S, B> Service<Request<B>> for InjectCredentialService<S>

@@ -9,6 +9,7 @@
 //! and so that an `Idempotency-Key` is reserved), and the *ownership record*
 //! after it, committed before the tenant sees the new id.
 
+mod owner_cache;
 mod redb_store;
 mod redis_store;
 

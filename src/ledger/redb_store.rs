@@ -16,6 +16,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::owner_cache::OwnerCache;
 use super::*;
 
 /// task id → [`TaskRecord`] (JSON).
@@ -111,6 +112,9 @@ impl StorageBackend for FaultableBackend {
 /// The redb-backed ledger. Cheap to share behind an `Arc`.
 pub struct RedbLedger {
     db: Arc<Database>,
+    /// Owners already read, shared with the writer thread, which forgets the
+    /// ones its commits change.
+    owners: Arc<OwnerCache>,
     writes: mpsc::Sender<WriteRequest>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -170,14 +174,16 @@ impl RedbLedger {
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
+        let owners = Arc::new(OwnerCache::default());
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        let writer_db = db.clone();
+        let (writer_db, writer_owners) = (db.clone(), owners.clone());
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || write_loop(&writer_db, queue))
+            .spawn(move || write_loop(&writer_db, &writer_owners, queue))
             .map_err(unavailable)?;
         Ok(Self {
             db,
+            owners,
             writes,
             writer: Some(writer),
         })
@@ -208,7 +214,7 @@ impl RedbLedger {
     }
 }
 
-fn write_loop(db: &Arc<Database>, mut queue: mpsc::Receiver<WriteRequest>) {
+fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver<WriteRequest>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = queue.blocking_recv() {
         group.push(first);
@@ -218,13 +224,46 @@ fn write_loop(db: &Arc<Database>, mut queue: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        commit_group(db, &mut group);
+        commit_group(db, owners, &mut group);
+    }
+}
+
+/// The tasks whose owner an operation may change.
+enum Touches<'a> {
+    Nothing,
+    Tasks(Vec<&'a str>),
+    Every,
+}
+
+fn touched_owners(op: &Op) -> Touches<'_> {
+    match op {
+        // A create over an id the ledger already had may move it.
+        Op::Complete(_, record) => Touches::Tasks(vec![record.task_id.as_str()]),
+        Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
+        Op::Sweep(..) => Touches::Every,
+        Op::Begin(_) | Op::Abandon(..) | Op::SetState(..) => Touches::Nothing,
+    }
+}
+
+/// After a commit (or a failed one: forgetting too much is harmless), and
+/// before anyone is answered: the owners the group may have changed.
+fn forget_touched(owners: &OwnerCache, group: &[WriteRequest]) {
+    let mut ids = Vec::new();
+    for request in group {
+        match touched_owners(&request.op) {
+            Touches::Nothing => {}
+            Touches::Tasks(touched) => ids.extend(touched),
+            Touches::Every => return owners.forget_all(),
+        }
+    }
+    if !ids.is_empty() {
+        owners.forget(ids);
     }
 }
 
 /// Applies a group in one transaction and answers each request only after the
 /// commit (and its fsync) succeeded.
-fn commit_group(db: &Database, group: &mut Vec<WriteRequest>) {
+fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest>) {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -237,11 +276,12 @@ fn commit_group(db: &Database, group: &mut Vec<WriteRequest>) {
         }
     };
     let mut results = Vec::with_capacity(group.len());
-    for request in group.iter_mut() {
-        let op = std::mem::replace(&mut request.op, Op::Revoke(Vec::new()));
-        results.push(apply(&txn, op));
+    for request in group.iter() {
+        results.push(apply(&txn, &request.op));
     }
-    match txn.commit() {
+    let committed = txn.commit();
+    forget_touched(owners, group);
+    match committed {
         Ok(()) => {
             for (request, result) in group.drain(..).zip(results) {
                 let _ = request.reply.send(result);
@@ -325,7 +365,7 @@ fn remove_task(txn: &WriteTransaction, task_id: &str) -> Result<bool, LedgerErro
     Ok(true)
 }
 
-fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
+fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
     match op {
         Op::Begin(intent) => {
             if let Some(key) = &intent.idempotency_key {
@@ -367,8 +407,8 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
             Ok(Outcome::Begin(BeginOutcome::Begun))
         }
         Op::Complete(intent, record) => {
-            put_task(txn, &record)?;
-            settle(txn, &intent, KeyStatus::Done, Some(record.task_id.clone()))?;
+            put_task(txn, record)?;
+            settle(txn, intent, KeyStatus::Done, Some(record.task_id.clone()))?;
             Ok(Outcome::Unit)
         }
         Op::Abandon(intent, fate) => {
@@ -377,7 +417,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
                 CreateFate::Unknown => Some(KeyStatus::Unknown),
             };
             match status {
-                Some(status) => settle(txn, &intent, status, None)?,
+                Some(status) => settle(txn, intent, status, None)?,
                 None => {
                     if let Some(key) = &intent.idempotency_key {
                         let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
@@ -391,24 +431,24 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
             Ok(Outcome::Unit)
         }
         Op::SetState(task_id, state) => {
-            if let Some(mut record) = read_task(txn, &task_id)? {
-                record.state = state;
+            if let Some(mut record) = read_task(txn, task_id)? {
+                record.state = *state;
                 put_task(txn, &record)?;
             }
             Ok(Outcome::Unit)
         }
         Op::Grant(tenant, ids, at_ms) => {
-            for id in &ids {
+            for id in ids {
                 let record = match read_task(txn, id)? {
                     Some(mut r) => {
                         r.tenant = tenant.clone();
                         r
                     }
                     None => TaskRecord {
-                        task_id: id.clone(),
+                        task_id: id.to_string(),
                         tenant: tenant.clone(),
                         model: None,
-                        created_ms: at_ms,
+                        created_ms: *at_ms,
                         client_request_id: None,
                         state: TaskState::Active,
                         source: TaskSource::Granted,
@@ -420,7 +460,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
         }
         Op::Revoke(ids) => {
             let mut removed = 0;
-            for id in &ids {
+            for id in ids {
                 removed += usize::from(remove_task(txn, id)?);
             }
             Ok(Outcome::Count(removed))
@@ -435,7 +475,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
                     let created = serde_json::from_slice::<TaskRecord>(v.value())
                         .map(|r| r.created_ms)
                         .unwrap_or(0);
-                    if created < tasks_before {
+                    if created < *tasks_before {
                         old.push(k.value().to_string());
                     }
                 }
@@ -448,7 +488,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
             let before = keys.len().map_err(unavailable)?;
             keys.retain(|_, v| {
                 serde_json::from_slice::<KeyEntry>(v)
-                    .map(|e| e.at_ms >= keys_before)
+                    .map(|e| e.at_ms >= *keys_before)
                     .unwrap_or(false)
             })
             .map_err(unavailable)?;
@@ -458,7 +498,7 @@ fn apply(txn: &WriteTransaction, op: Op) -> Result<Outcome, LedgerError> {
             intents
                 .retain(|_, v| {
                     serde_json::from_slice::<IntentEntry>(v)
-                        .map(|e| e.at_ms >= keys_before)
+                        .map(|e| e.at_ms >= *keys_before)
                         .unwrap_or(false)
                 })
                 .map_err(unavailable)?;
@@ -542,11 +582,20 @@ impl Ledger for RedbLedger {
             #[serde(borrow)]
             tenant: std::borrow::Cow<'r, str>,
         }
+        if let Some(owns) = self.owners.is_owner(task_id, tenant) {
+            return Box::pin(std::future::ready(Ok(owns)));
+        }
+        let read_under = self.owners.generation();
         let result = (|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let tasks = txn.open_table(TASKS).map_err(unavailable)?;
             let value = tasks.get(task_id).map_err(unavailable)?;
-            Ok(value.is_some_and(|v| serde_json::from_slice::<Owner>(v.value()).is_ok_and(|o| o.tenant == tenant)))
+            let Some(value) = value else { return Ok(false) };
+            let Ok(owner) = serde_json::from_slice::<Owner>(value.value()) else {
+                return Ok(false);
+            };
+            self.owners.remember(read_under, task_id, &owner.tenant);
+            Ok(owner.tenant == tenant)
         })();
         Box::pin(std::future::ready(result))
     }

@@ -25,7 +25,7 @@ impl<S> Layer<S> for PolicyLayer {
         PolicyService {
             inner,
             shared: self.shared.clone(),
-            ledger: self.ledger.clone(),
+            ledger: Arc::new(self.ledger.clone()),
         }
     }
 }

@@ -29,8 +29,13 @@ use crate::tenant::Tenant;
 pub struct PolicyService<S> {
     pub(super) inner: S,
     pub(super) shared: SharedSnapshot,
-    pub(super) ledger: Arc<dyn Ledger>,
+    pub(super) ledger: WorkerLedger,
 }
+
+/// The shared ledger behind a reference count of this stack's own (each
+/// worker builds its stack once): the clone every request takes then writes
+/// a cache line of this worker's, not one that every worker writes.
+pub(super) type WorkerLedger = Arc<Arc<dyn Ledger>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,7 +79,7 @@ where
 async fn decide<S, B>(
     inner: S,
     limits: PolicyLimits,
-    ledger: Arc<dyn Ledger>,
+    ledger: WorkerLedger,
     req: Request<B>,
 ) -> Result<GatewayResponse, GatewayError>
 where
@@ -99,7 +104,7 @@ where
     }
     match (operation, routed.task_id) {
         (Operation::Get, Some(id)) => {
-            authorize_task(&*ledger, &tenant, &id).await?;
+            authorize_task(&**ledger, &tenant, &id).await?;
             let (parts, _unread_body) = req.into_parts();
             inner
                 .oneshot(upstream_request(parts, operation, Some(id), None, Bytes::new()))
@@ -107,7 +112,7 @@ where
         }
         (Operation::Delete, Some(id)) => {
             Box::pin(async {
-                authorize_task(&*ledger, &tenant, &id).await?;
+                authorize_task(&**ledger, &tenant, &id).await?;
                 let (parts, _unread_body) = req.into_parts();
                 let probe = copy_parts(&parts);
                 let response = inner
@@ -115,7 +120,7 @@ where
                     .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
                     .await?;
                 if response.status() == StatusCode::OK {
-                    record_delete_outcome(inner, probe, &*ledger, &id).await;
+                    record_delete_outcome(inner, probe, &**ledger, &id).await;
                 }
                 Ok(response)
             })
@@ -129,14 +134,14 @@ where
                 let (parts, body) = req.into_parts();
                 let body = read_body(&parts.headers, body, limits.max_body_bytes, limits.request_timeout).await?;
                 let model = check_create_body(&body, &tenant)?;
-                create(inner, &*ledger, &tenant, &note, parts, body, model).await
+                create(inner, &**ledger, &tenant, &note, parts, body, model).await
             })
             .await
         }
         (Operation::List, _) => {
             Box::pin(async {
                 let query = ListQuery::parse(req.uri().query())?;
-                let candidates = list_candidates(&*ledger, &tenant, &query).await?;
+                let candidates = list_candidates(&**ledger, &tenant, &query).await?;
                 let (parts, _unread_body) = req.into_parts();
                 list(inner, parts, &query, candidates, &note).await
             })
@@ -190,7 +195,7 @@ async fn create<S: Upstream>(
         idempotency_key: idempotency_key(&parts.headers)?,
         at_ms: now_ms(),
     };
-    let client_request_id = crate::audit::recorded_id(&parts.headers, "x-client-request-id");
+    let client_request_id = crate::audit::recorded_id(&parts.headers, &crate::audit::X_CLIENT_REQUEST_ID);
     match ledger.begin_create(intent.clone()).await {
         Err(e) => {
             tracing::error!(error = %e, "ledger unavailable; refusing create before forwarding");

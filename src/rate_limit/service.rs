@@ -35,7 +35,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(tenant) = req.extensions().get::<Tenant>().cloned() else {
+        let Some(tenant) = req.extensions().get::<Tenant>() else {
             // Only reachable if the stack were assembled without authentication.
             return Either::Left(ready(Err(GatewayError::UnknownCredential)));
         };
@@ -52,7 +52,9 @@ where
             return Either::Right(Either::Left(self.inner.call(req)));
         };
         // Shared buckets: one Redis round trip per bucket, then the inner
-        // service that was polled ready.
+        // service that was polled ready. (The local path above only borrows
+        // the tenant: its reference count is a cache line every worker writes.)
+        let tenant = tenant.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();

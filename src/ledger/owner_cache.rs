@@ -1,0 +1,117 @@
+//! Owners the embedded ledger already looked up, so that the check on every
+//! get and delete is a hash lookup instead of a read transaction (whose
+//! tracker lock every worker takes) and a JSON parse of the stored record.
+//!
+//! Only owners found in the store are kept, never "no such task" (a task can
+//! be created a moment later). A task's owner changes only through the
+//! ledger's own writer (a grant to another tenant, a revoke, the retention
+//! sweep, a create over an existing id), and the writer drops the entries it
+//! touched right after its commit. A lookup that read the store before that
+//! commit must not put its stale answer back afterwards: every invalidation
+//! moves a generation counter, and an answer is kept only if the generation
+//! it was read under is still the current one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+/// Most owners kept. A sidecar's working set (the tasks its tenants poll) is
+/// far smaller; past this the cache starts over rather than growing.
+const CAPACITY: usize = 16_384;
+
+#[derive(Debug, Default)]
+pub(super) struct OwnerCache {
+    owners: RwLock<HashMap<Box<str>, Box<str>>>,
+    /// Moved (under the write lock) by every invalidation.
+    generation: AtomicU64,
+}
+
+/// Where a lookup stands before it reads the store.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Generation(u64);
+
+impl OwnerCache {
+    /// `Some(owns)` when the owner of `task_id` is known.
+    pub(super) fn is_owner(&self, task_id: &str, tenant: &str) -> Option<bool> {
+        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+        owners.get(task_id).map(|owner| **owner == *tenant)
+    }
+
+    /// Taken before reading the store, for [`OwnerCache::remember`].
+    pub(super) fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::Acquire))
+    }
+
+    /// Keeps the owner read from the store, unless an invalidation happened
+    /// since `read_under` was taken (the answer may predate it).
+    pub(super) fn remember(&self, read_under: Generation, task_id: &str, owner: &str) {
+        let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != read_under.0 {
+            return;
+        }
+        if owners.len() >= CAPACITY {
+            owners.clear();
+        }
+        owners.insert(task_id.into(), owner.into());
+    }
+
+    /// Forgets these tasks' owners (after a commit that may have changed them).
+    pub(super) fn forget<'a>(&self, task_ids: impl IntoIterator<Item = &'a str>) {
+        let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for id in task_ids {
+            owners.remove(id);
+        }
+    }
+
+    /// Forgets every owner (after a sweep).
+    pub(super) fn forget_all(&self) {
+        let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        owners.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_owners_answer_for_the_owner_only() {
+        let cache = OwnerCache::default();
+        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
+        cache.remember(cache.generation(), "cgt-1", "alpha");
+        assert_eq!(cache.is_owner("cgt-1", "alpha"), Some(true));
+        assert_eq!(cache.is_owner("cgt-1", "beta"), Some(false));
+        assert_eq!(cache.is_owner("cgt-1", "alph"), Some(false));
+        cache.forget(["cgt-1"]);
+        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
+    }
+
+    /// A lookup that read the store before a grant moved the task must not
+    /// put the old owner back after the writer forgot it.
+    #[test]
+    fn an_answer_read_before_an_invalidation_is_not_kept() {
+        let cache = OwnerCache::default();
+        let before = cache.generation();
+        // The writer commits a grant of cgt-1 to beta and forgets it…
+        cache.forget(["cgt-1"]);
+        // …then the slower lookup, which read "alpha", tries to keep it.
+        cache.remember(before, "cgt-1", "alpha");
+        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
+        cache.remember(cache.generation(), "cgt-2", "alpha");
+        cache.forget_all();
+        assert_eq!(cache.is_owner("cgt-2", "alpha"), None);
+    }
+
+    #[test]
+    fn the_cache_starts_over_instead_of_growing_past_its_capacity() {
+        let cache = OwnerCache::default();
+        for n in 0..=CAPACITY {
+            cache.remember(cache.generation(), &format!("cgt-{n}"), "alpha");
+        }
+        let kept = cache.owners.read().unwrap().len();
+        assert!(kept <= CAPACITY, "{kept} entries");
+        assert_eq!(cache.is_owner(&format!("cgt-{CAPACITY}"), "alpha"), Some(true));
+    }
+}
