@@ -19,6 +19,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers and every header that `Connection` nominates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_hop_by_hop_and(headers, &[]);
+}
+
+/// [`strip_hop_by_hop`], and `also` in the same pass over the headers.
+pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: &[HeaderName]) {
     if headers.contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -31,15 +36,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    remove_all(headers, &HOP_BY_HOP);
+    remove_all(headers, &[&HOP_BY_HOP, also]);
 }
 
-/// Removes every header named in `names` (all of its values). A request
-/// carries a handful of headers and usually none of these: one pass over
-/// those present costs less than a hash lookup per name.
-pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    let present: Vec<HeaderName> = headers.keys().filter(|k| names.contains(k)).cloned().collect();
-    for name in present {
+/// Removes every header named in any of `lists` (all of its values). A
+/// request carries a handful of headers and usually few of these: one pass
+/// over those present costs less than a hash lookup per name.
+pub fn remove_all(headers: &mut HeaderMap, lists: &[&[HeaderName]]) {
+    let named = |k: &&HeaderName| lists.iter().any(|names| names.contains(k));
+    // Most header sets hold at most a few of them: no allocation for those.
+    let mut present: [Option<HeaderName>; 4] = Default::default();
+    let mut more = Vec::new();
+    for (i, name) in headers.keys().filter(named).enumerate() {
+        match present.get_mut(i) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
+    }
+    for name in present.into_iter().flatten().chain(more) {
         headers.remove(name);
     }
 }

@@ -3,7 +3,7 @@
 //! failure kinds. No label ever carries a token, a key or a task id.
 
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -161,16 +161,13 @@ impl Metrics {
         }
     }
 
-    /// One finished request (called once per request, by the audit layer).
-    pub fn request(
+    fn request_counter(
         &self,
         tenant: Option<&TenantName>,
-        operation: Option<&'static str>,
+        operation: &'static str,
         allowed: bool,
         status: u16,
-        elapsed: Duration,
-    ) {
-        let operation = operation.unwrap_or("none");
+    ) -> Counter {
         self.requests
             .get_or_create(&RequestLabels {
                 tenant: tenant.map_or_else(|| self.unauthenticated.clone(), TenantName::shared),
@@ -178,10 +175,7 @@ impl Metrics {
                 decision: if allowed { "allow" } else { "deny" },
                 status,
             })
-            .inc();
-        self.request_duration
-            .get_or_create(&OperationLabel { operation })
-            .observe(elapsed.as_secs_f64());
+            .clone()
     }
 
     pub fn rate_limited(&self, tenant: &TenantName) {
@@ -190,22 +184,6 @@ impl Metrics {
                 tenant: tenant.shared(),
             })
             .inc();
-    }
-
-    pub fn upstream_started(&self) {
-        self.upstream_in_flight.inc();
-    }
-
-    pub fn upstream_finished(&self, operation: Option<&'static str>, elapsed: Duration, error: Option<&'static str>) {
-        self.upstream_in_flight.dec();
-        self.upstream_duration
-            .get_or_create(&OperationLabel {
-                operation: operation.unwrap_or("none"),
-            })
-            .observe(elapsed.as_secs_f64());
-        if let Some(kind) = error {
-            self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
-        }
     }
 
     pub fn config_reload(&self, ok: bool) {
@@ -229,10 +207,176 @@ impl Metrics {
         self.ledger_tasks.set(n.min(i64::MAX as u64) as i64);
     }
 
+    /// A handle for one worker thread (see [`WorkerMetrics`]).
+    pub fn for_worker(self: &Arc<Self>) -> Arc<WorkerMetrics> {
+        Arc::new(WorkerMetrics {
+            shared: self.clone(),
+            handles: Mutex::default(),
+        })
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Most label sets a worker keeps a handle for, per metric; past that, a
+/// request looks its metric up in the shared family as before.
+const MAX_HANDLES: usize = 64;
+
+/// One worker's way to the per-request metrics. A metric family is a map
+/// behind a read-write lock shared by every worker, keyed by a hash of the
+/// labels: looking a metric up per request costs the hash and a write to the
+/// lock's shared cache line. A worker instead keeps the handles it already
+/// looked up (they share the family's own values, so the exposition is the
+/// same) behind a lock of its own, and its own reference count.
+pub struct WorkerMetrics {
+    shared: Arc<Metrics>,
+    handles: Mutex<Handles>,
+}
+
+#[derive(Default)]
+struct Handles {
+    requests: Vec<((Option<TenantName>, &'static str, bool, u16), Counter)>,
+    request_duration: Vec<(&'static str, Histogram)>,
+    upstream_duration: Vec<(&'static str, Histogram)>,
+}
+
+/// The handle for `key`, from `cache` or else made (and kept while there is room).
+fn cached<K: PartialEq, M: Clone>(cache: &mut Vec<(K, M)>, key: K, make: impl FnOnce(&K) -> M) -> M {
+    if let Some((_, metric)) = cache.iter().find(|(k, _)| *k == key) {
+        return metric.clone();
+    }
+    let metric = make(&key);
+    if cache.len() < MAX_HANDLES {
+        cache.push((key, metric.clone()));
+    }
+    metric
+}
+
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerMetrics").finish_non_exhaustive()
+    }
+}
+
+impl WorkerMetrics {
+    fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One finished request (called once per request, by the audit layer).
+    pub fn request(
+        &self,
+        tenant: Option<&TenantName>,
+        operation: Option<&'static str>,
+        allowed: bool,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let operation = operation.unwrap_or("none");
+        let shared = &self.shared;
+        let (counter, histogram) = {
+            let handles = &mut *self.handles();
+            let counter = cached(
+                &mut handles.requests,
+                (tenant.cloned(), operation, allowed, status),
+                |(tenant, operation, allowed, status)| {
+                    shared.request_counter(tenant.as_ref(), operation, *allowed, *status)
+                },
+            );
+            let histogram = cached(&mut handles.request_duration, operation, |&operation| {
+                shared
+                    .request_duration
+                    .get_or_create(&OperationLabel { operation })
+                    .clone()
+            });
+            (counter, histogram)
+        };
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limited(&self, tenant: &TenantName) {
+        self.shared.rate_limited(tenant);
+    }
+
+    pub fn upstream_started(&self) {
+        self.shared.upstream_in_flight.inc();
+    }
+
+    pub fn upstream_finished(&self, operation: Option<&'static str>, elapsed: Duration, error: Option<&'static str>) {
+        let shared = &self.shared;
+        shared.upstream_in_flight.dec();
+        let operation = operation.unwrap_or("none");
+        let histogram = cached(&mut self.handles().upstream_duration, operation, |&operation| {
+            shared
+                .upstream_duration
+                .get_or_create(&OperationLabel { operation })
+                .clone()
+        });
+        histogram.observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            shared.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, starts: &str) -> &'a str {
+        text.lines().find(|l| l.starts_with(starts)).unwrap_or("")
+    }
+
+    /// Workers count through handles they keep; the exposition is the one
+    /// shared family, whoever counted, and stays right past the handle limit.
+    #[test]
+    fn worker_handles_count_into_the_shared_families() {
+        let metrics = Arc::new(Metrics::new());
+        let (a, b) = (metrics.for_worker(), metrics.for_worker());
+        let alpha = TenantName::parse("alpha").unwrap();
+        for _ in 0..3 {
+            a.request(Some(&alpha), Some("get"), true, 200, Duration::from_millis(1));
+        }
+        b.request(Some(&alpha), Some("get"), true, 200, Duration::from_millis(1));
+        b.request(None, None, false, 401, Duration::from_millis(1));
+        for status in 0..(MAX_HANDLES as u16 + 10) {
+            a.request(Some(&alpha), Some("list"), true, 300 + status, Duration::from_millis(1));
+        }
+        a.upstream_started();
+        a.upstream_finished(Some("get"), Duration::from_millis(2), Some("timeout"));
+        b.upstream_started();
+        b.upstream_finished(Some("get"), Duration::from_millis(2), None);
+        let text = metrics.encode();
+        assert!(
+            line(
+                &text,
+                r#"ark_gateway_requests_total{tenant="alpha",operation="get",decision="allow",status="200"}"#
+            )
+            .ends_with(" 4"),
+            "{text}"
+        );
+        assert!(line(
+            &text,
+            r#"ark_gateway_requests_total{tenant="-",operation="none",decision="deny",status="401"}"#
+        )
+        .ends_with(" 1"));
+        let last = MAX_HANDLES as u16 + 9 + 300;
+        assert!(line(
+            &text,
+            &format!(
+                r#"ark_gateway_requests_total{{tenant="alpha",operation="list",decision="allow",status="{last}"}}"#
+            )
+        )
+        .ends_with(" 1"));
+        assert!(line(&text, r#"ark_gateway_request_duration_seconds_count{operation="get"}"#).ends_with(" 4"));
+        assert!(line(&text, r#"ark_gateway_upstream_duration_seconds_count{operation="get"}"#).ends_with(" 2"));
+        assert!(line(&text, r#"ark_gateway_upstream_errors_total{kind="timeout"}"#).ends_with(" 1"));
+        assert!(line(&text, "ark_gateway_upstream_in_flight").ends_with(" 0"));
     }
 }

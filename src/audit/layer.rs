@@ -30,7 +30,8 @@ impl<S> Layer<S> for AuditLayer {
         AuditService {
             inner,
             sink: self.sink.clone(),
-            metrics: self.metrics.clone(),
+            // One per stack, so per worker: see `WorkerMetrics`.
+            metrics: self.metrics.for_worker(),
             on_failure: self.on_failure,
         }
     }

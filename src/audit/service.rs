@@ -10,7 +10,7 @@ use tower::Service;
 
 use super::{timestamp, AuditNote, AuditRecord, AuditSink, Decision};
 use crate::config::OnAuditFailure;
-use crate::metrics::Metrics;
+use crate::metrics::WorkerMetrics;
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
@@ -19,7 +19,7 @@ use crate::server::RemoteAddr;
 pub struct AuditService<S> {
     pub(super) inner: S,
     pub(super) sink: AuditSink,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<WorkerMetrics>,
     pub(super) on_failure: OnAuditFailure,
 }
 
@@ -77,15 +77,10 @@ where
                     (decision, e.reason(), e.status().as_u16())
                 }
             };
+            let elapsed = started.elapsed();
             let tenant = facts.tenant.as_ref();
             let operation = facts.operation.map(|op| op.as_str());
-            metrics.request(
-                tenant,
-                operation,
-                decision == Decision::Allow,
-                status,
-                started.elapsed(),
-            );
+            metrics.request(tenant, operation, decision == Decision::Allow, status, elapsed);
             if let (Err(GatewayError::TenantRateLimited { .. }), Some(tenant)) = (&result, tenant) {
                 metrics.rate_limited(tenant);
             }
@@ -104,7 +99,7 @@ where
                 upstream_status: facts.upstream_status,
                 upstream_request_id: facts.upstream_request_id.as_deref(),
                 client_request_id: client_request_id.as_deref(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
                 remote_addr: remote_addr.as_ref().map(RemoteAddr::as_str),
             };
             // The record is written (in the kernel) before the client sees the

@@ -53,6 +53,10 @@ struct Idle {
 /// A worker's pool of upstream connections.
 pub struct UpstreamPool {
     connector: HttpsConnector<HttpConnector>,
+    /// Scheme and authority of the upstream: what a request in origin form
+    /// (the forwarding path sends those) is connected to, and completed
+    /// with for HTTP/2.
+    origin: (Scheme, Authority),
     /// `Host` for HTTP/1.1 requests, from the base URL.
     host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
@@ -65,6 +69,12 @@ impl UpstreamPool {
     pub fn new(connector: HttpsConnector<HttpConnector>, base: &Uri, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             connector,
+            origin: (
+                base.scheme().cloned().unwrap_or(Scheme::HTTPS),
+                base.authority()
+                    .cloned()
+                    .unwrap_or_else(|| Authority::from_static("localhost")),
+            ),
             host: host_header(base),
             idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
@@ -73,7 +83,8 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `req` (an absolute URI) and reads the whole answer, at most
+    /// Sends `req` (its target in origin form, or an absolute URI of this
+    /// upstream) and reads the whole answer, at most
     /// `max_response_bytes` of body. A request that a reused connection
     /// refused before writing any of it (closed meanwhile) is sent once more
     /// on a new connection, whatever its method: it never reached Ark.
@@ -82,7 +93,7 @@ impl UpstreamPool {
         req: Request<Full<Bytes>>,
         max_response_bytes: usize,
     ) -> Result<(Parts, Bytes), ExchangeError> {
-        let (mut sender, reused) = self.checkout(req.uri()).await?;
+        let (mut sender, reused) = self.checkout().await?;
         // `send` rewrites the target for HTTP/1.1; a refused request gets it back.
         let target = req.uri().clone();
         let response = match self.send(&mut sender, req).await {
@@ -92,7 +103,7 @@ impl UpstreamPool {
                     tracing::debug!(error = %e.error(), "pooled upstream connection closed before sending; new connection");
                     *req.uri_mut() = target;
                     req.headers_mut().remove(HOST);
-                    sender = self.connect(req.uri()).await?;
+                    sender = self.connect().await?;
                     Box::pin(self.send(&mut sender, req))
                         .await
                         .map_err(|e| ExchangeError::Protocol(e.into_error().into()))?
@@ -127,21 +138,36 @@ impl UpstreamPool {
         match sender {
             Sender::Http1(sender) => {
                 // HTTP/1.1 wants the origin form and a Host header.
-                let origin = req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-                *req.uri_mut() = origin;
+                if req.uri().authority().is_some() {
+                    let origin = req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+                    *req.uri_mut() = origin;
+                }
                 req.headers_mut().insert(HOST, self.host.clone());
                 sender.try_send_request(req).await
             }
-            Sender::Http2(sender) => sender.try_send_request(req).await,
+            Sender::Http2(sender) => {
+                // HTTP/2 wants the scheme and authority as pseudo-headers.
+                if req.uri().authority().is_none() {
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(self.origin.0.clone());
+                    parts.authority = Some(self.origin.1.clone());
+                    parts.path_and_query = req.uri().path_and_query().cloned();
+                    match Uri::from_parts(parts) {
+                        Ok(uri) => *req.uri_mut() = uri,
+                        Err(e) => tracing::debug!(error = %e, "cannot complete the upstream target"),
+                    }
+                }
+                sender.try_send_request(req).await
+            }
         }
     }
 
     /// An idle connection that is still open (most recently used first), the
     /// shared HTTP/2 connection, or a new one. The flag says whether it was reused.
-    async fn checkout(&self, uri: &Uri) -> Result<(Sender, bool), ExchangeError> {
+    async fn checkout(&self) -> Result<(Sender, bool), ExchangeError> {
         let shared = self.http2.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(mut sender) = shared {
             if sender.ready().await.is_ok() {
@@ -163,7 +189,7 @@ impl UpstreamPool {
             }
             tracing::trace!("pooled upstream connection was closed; dropped");
         }
-        Ok((self.connect(uri).await?, false))
+        Ok((self.connect().await?, false))
     }
 
     fn checkin(&self, sender: Sender) {
@@ -194,15 +220,22 @@ impl UpstreamPool {
     /// connect and handshake states are large and rarely needed, and would
     /// otherwise make every request's future (allocated and moved per
     /// request) several kilobytes larger.
-    fn connect<'a>(&'a self, uri: &'a Uri) -> BoxFuture<'a, Result<Sender, ExchangeError>> {
-        Box::pin(self.connect_now(uri))
+    fn connect(&self) -> BoxFuture<'_, Result<Sender, ExchangeError>> {
+        Box::pin(self.connect_now())
     }
 
-    async fn connect_now(&self, uri: &Uri) -> Result<Sender, ExchangeError> {
+    async fn connect_now(&self) -> Result<Sender, ExchangeError> {
+        let (scheme, authority) = self.origin.clone();
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ExchangeError::Connect(Box::new(e)))?;
         let io = self
             .connector
             .clone()
-            .oneshot(uri.clone())
+            .oneshot(uri)
             .await
             .map_err(ExchangeError::Connect)?;
         let http2 = io.connected().is_negotiated_h2();
@@ -425,8 +458,13 @@ mod tests {
         let (base, ca_file, connections) = tls_upstream(dir.path(), &[b"h2", b"http/1.1"]).await;
         let pool = tls_pool_for(&base, &ca_file);
         let mut answers = Vec::new();
-        for _ in 0..3 {
-            let (parts, body) = pool.exchange(get(&base, "/tasks/a"), 1024).await.unwrap();
+        // The forwarding path sends the origin form; the pool completes it.
+        for request in [
+            get(&base, "/tasks/a"),
+            get("/api/v3", "/tasks/a"),
+            get(&base, "/tasks/a"),
+        ] {
+            let (parts, body) = pool.exchange(request, 1024).await.unwrap();
             assert_eq!(parts.status.as_u16(), 200);
             answers.push(String::from_utf8(body.to_vec()).unwrap());
         }
@@ -443,8 +481,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (base, ca_file, connections) = tls_upstream(dir.path(), &[b"http/1.1"]).await;
         let pool = tls_pool_for(&base, &ca_file);
-        for _ in 0..2 {
-            let (_, body) = pool.exchange(get(&base, "/tasks/a"), 1024).await.unwrap();
+        for request in [get("/api/v3", "/tasks/a"), get(&base, "/tasks/a")] {
+            let (_, body) = pool.exchange(request, 1024).await.unwrap();
             let port = base
                 .trim_start_matches("https://localhost:")
                 .trim_end_matches("/api/v3");

@@ -15,7 +15,7 @@ use crate::admin::Health;
 use crate::audit::AuditNote;
 use crate::config::UpstreamConfig;
 use crate::hop::strip_hop_by_hop;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::policy::UpstreamQuery;
 use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{Operation, TaskId, UPSTREAM_TASKS_PATH};
@@ -32,13 +32,17 @@ struct Shared {
     /// thread: its pooled connections are driven by that worker's runtime, so
     /// a request never waits on a connection task living on another thread.
     client: UpstreamPool,
-    /// `upstream.base_url`, no trailing slash.
-    base: String,
+    /// The path of `upstream.base_url`, no trailing slash: requests go to the
+    /// pool in origin form (the pool knows where it connects), so no
+    /// absolute URI is built and parsed per request.
+    base_path: String,
     timeout: Duration,
     max_response_bytes: usize,
     /// `upstream.max_concurrent`, shared by every worker.
     slots: Arc<Slots>,
-    metrics: Arc<Metrics>,
+    /// This worker's handles on the shared metrics.
+    metrics: Arc<WorkerMetrics>,
+    shared_metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
@@ -47,11 +51,12 @@ impl Forward {
         Self {
             shared: Arc::new(Shared {
                 client,
-                base: config.base_url.to_string().trim_end_matches('/').to_string(),
+                base_path: config.base_url.path().trim_end_matches('/').to_string(),
                 timeout: config.timeout,
                 max_response_bytes: config.max_response_bytes,
                 slots: Arc::new(Slots::new(config.max_concurrent.get())),
-                metrics,
+                metrics: metrics.for_worker(),
+                shared_metrics: metrics,
                 health,
             }),
         }
@@ -64,11 +69,12 @@ impl Forward {
         Self {
             shared: Arc::new(Shared {
                 client,
-                base: s.base.clone(),
+                base_path: s.base_path.clone(),
                 timeout: s.timeout,
                 max_response_bytes: s.max_response_bytes,
                 slots: s.slots.clone(),
-                metrics: s.metrics.clone(),
+                metrics: s.shared_metrics.for_worker(),
+                shared_metrics: s.shared_metrics.clone(),
                 health: s.health.clone(),
             }),
         }
@@ -124,7 +130,8 @@ fn failure_kind(e: &ExchangeError) -> UpstreamFailure {
     }
 }
 
-/// The upstream URL, built from the typed facts the policy attached.
+/// The upstream URL (`base` is a base URL, or only its path for the origin
+/// form), built from the typed facts the policy attached.
 pub fn upstream_uri(base: &str, task_id: Option<&TaskId>, query: Option<&UpstreamQuery>) -> Result<Uri, http::Error> {
     let mut url = String::with_capacity(base.len() + 64 + query.map_or(0, |q| q.0.len()));
     url.push_str(base);
@@ -162,7 +169,7 @@ impl Service<Request<Bytes>> for Forward {
             // A create that may have reached Ark has an unknown fate on failure.
             let is_create = operation == Some(Operation::Create);
             let uri = upstream_uri(
-                &shared.base,
+                &shared.base_path,
                 parts.extensions.get::<TaskId>(),
                 parts.extensions.get::<UpstreamQuery>(),
             )
@@ -286,5 +293,13 @@ mod tests {
             uri,
             "http://127.0.0.1:9/api/v3/contents/generations/tasks?page_num=1&filter.task_ids=a"
         );
+        // The forwarding path passes only the base URL's path: the origin form.
+        let uri = upstream_uri("/api/v3", Some(&id), Some(&q)).unwrap();
+        assert_eq!(uri.authority(), None);
+        assert_eq!(
+            uri,
+            "/api/v3/contents/generations/tasks/cgt-20250331175019-68d9t?page_num=1&filter.task_ids=a"
+        );
+        assert_eq!(upstream_uri("", None, None).unwrap(), "/contents/generations/tasks");
     }
 }

@@ -12,7 +12,7 @@ pub use service::InjectCredentialService;
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::hop::{remove_all, strip_hop_by_hop};
+use crate::hop::strip_hop_by_hop_and;
 
 /// Headers that describe the tenant's connection or the gateway's own
 /// contract and so must not reach Ark. `Accept-Encoding` is dropped because the
@@ -31,8 +31,7 @@ const NOT_FORWARDED: [HeaderName; 8] = [
 
 /// Prepares the outbound header set (before the key is added).
 pub fn outbound_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    remove_all(headers, &NOT_FORWARDED);
+    strip_hop_by_hop_and(headers, &NOT_FORWARDED);
 }
 
 #[cfg(test)]
