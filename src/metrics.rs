@@ -238,9 +238,12 @@ pub struct WorkerMetrics {
     handles: Mutex<Handles>,
 }
 
+/// tenant, operation, allowed, status: the labels of `requests_total`.
+type RequestKey = (Option<TenantName>, &'static str, bool, u16);
+
 #[derive(Default)]
 struct Handles {
-    requests: Vec<((Option<TenantName>, &'static str, bool, u16), Counter)>,
+    requests: Vec<(RequestKey, Counter)>,
     request_duration: Vec<(&'static str, Histogram)>,
     upstream_duration: Vec<(&'static str, Histogram)>,
 }
