@@ -43,3 +43,6 @@ step "fuzz smoke: every fuzz target for a few seconds (scripts/fuzz.sh runs long
 
 step "benchmark smoke: bench/run.sh --smoke (the full run: bench/run.sh)"
 bench/run.sh --smoke
+
+step "A/B benchmark smoke: bench/ab.py, the release binary against itself, one short round"
+python3 bench/ab.py target/release/ark-gateway target/release/ark-gateway --c 4 --d 1 --rounds 1

@@ -39,43 +39,34 @@ pub fn seal_into(out: &mut Vec<u8>, head: &mut ChainHead, record: &[u8]) {
     debug_assert_eq!(record.first(), Some(&b'{'));
     let seq = head.seq + 1;
     let mut digits = [0u8; 20];
-    let seq_text = decimal(seq, &mut digits);
-    // The hashed object is `{"seq":N,"prev_hash":"…",` + the rest of the record.
+    // The hashed object: `{"seq":N,"prev_hash":"…",` + the rest of the record.
+    let object: [&[u8]; 6] = [
+        b"{\"seq\":",
+        super::decimal(seq, &mut digits),
+        b",\"prev_hash\":\"",
+        head.hash.as_bytes(),
+        b"\",",
+        &record[1..],
+    ];
     let mut hasher = Sha256::new();
-    hasher.update(b"{\"seq\":");
-    hasher.update(seq_text);
-    hasher.update(b",\"prev_hash\":\"");
-    hasher.update(head.hash.as_bytes());
-    hasher.update(b"\",");
-    hasher.update(&record[1..]);
+    for piece in object {
+        hasher.update(piece);
+    }
     let mut hex = [0u8; 64];
     hex::encode_to_slice(hasher.finalize(), &mut hex).expect("a SHA-256 is 64 hex digits");
-    out.reserve(PREFIX.len() + 64 + 24 + seq_text.len() + head.hash.len() + record.len());
+    // The line: `{"hash":"…",` + the object without its opening brace.
+    out.reserve(PREFIX.len() + hex.len() + 2 + object.iter().map(|p| p.len()).sum::<usize>());
     out.extend_from_slice(PREFIX.as_bytes());
     out.extend_from_slice(&hex);
-    out.extend_from_slice(b"\",\"seq\":");
-    out.extend_from_slice(seq_text);
-    out.extend_from_slice(b",\"prev_hash\":\"");
-    out.extend_from_slice(head.hash.as_bytes());
     out.extend_from_slice(b"\",");
-    out.extend_from_slice(&record[1..]);
+    out.extend_from_slice(&object[0][1..]);
+    for piece in &object[1..] {
+        out.extend_from_slice(piece);
+    }
     out.push(b'\n');
     head.seq = seq;
     head.hash.clear();
     head.hash.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -363,9 +354,6 @@ mod tests {
         let hash = hex::encode(Sha256::digest(object.as_bytes()));
         assert_eq!(line, format!("{{\"hash\":\"{hash}\",{}\n", &object[1..]));
         assert_eq!(head, ChainHead { seq: 10, hash });
-        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
     }
 
     #[test]

@@ -40,10 +40,31 @@ pub fn recorded_id(headers: &HeaderMap, name: impl AsHeaderName) -> Option<Strin
     Some(text[..text.len().min(MAX_RECORDED_ID)].to_owned())
 }
 
+/// `n` in decimal, written at the end of `buf` (no formatting machinery on
+/// the request path).
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn decimals_are_written_as_to_string_writes_them() {
+        for n in [0, 7, 10, 99, 65_535, 1_000_001, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn recorded_ids_are_cut_to_the_limit_and_only_visible_ascii() {

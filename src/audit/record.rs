@@ -98,18 +98,7 @@ fn optional(out: &mut Vec<u8>, value: Option<&impl AsRef<str>>) {
 }
 
 fn number(out: &mut Vec<u8>, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    out.extend_from_slice(super::decimal(u64::from(n), &mut [0; 20]));
 }
 
 #[cfg(test)]
