@@ -92,6 +92,14 @@ async fn credentials_are_checked_and_never_forwarded() {
     assert!(audit[..cases.len() + 1]
         .iter()
         .all(|r| r.decision == Decision::Deny && r.status == 401));
+    // The peer address (rendered once per connection) and the time (its
+    // seconds rendered once per second) are each request's own.
+    for record in &audit {
+        let addr: std::net::SocketAddr = record.remote_addr.as_deref().expect("remote_addr").parse().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        assert_eq!(record.ts.len(), 24, "{}", record.ts);
+        assert!(humantime::parse_rfc3339(&record.ts).is_ok(), "{}", record.ts);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
