@@ -276,16 +276,22 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
     assert_eq!(ledger.task_count().unwrap(), 1);
 }
 
+/// A ledger in `dir` where `tenant` created `task_id` at 1,000 ms.
+async fn ledger_with_task(dir: &std::path::Path, task_id: &str, tenant: &str) -> RedbLedger {
+    let ledger = RedbLedger::open(&dir.join("l.redb")).unwrap();
+    let it = intent("i1", tenant, None, 1_000);
+    assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
+    ledger
+        .complete_create(it, record(task_id, tenant, 1_000))
+        .await
+        .unwrap();
+    ledger
+}
+
 #[tokio::test]
 async fn is_owner_answers_for_the_owner_only() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
-    let it = intent("i1", "alpha", None, 1_000);
-    assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
-    ledger
-        .complete_create(it, record("cgt-own", "alpha", 1_000))
-        .await
-        .unwrap();
+    let ledger = ledger_with_task(dir.path(), "cgt-own", "alpha").await;
     assert!(ledger.is_owner("cgt-own", "alpha").await.unwrap());
     assert!(!ledger.is_owner("cgt-own", "beta").await.unwrap());
     // A tenant whose name is a prefix of the owner's is not the owner.
@@ -301,13 +307,7 @@ async fn is_owner_answers_for_the_owner_only() {
 #[tokio::test]
 async fn owner_checks_follow_grants_and_sweeps_after_a_cached_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
-    let it = intent("i1", "alpha", None, 1_000);
-    assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
-    ledger
-        .complete_create(it, record("cgt-moved", "alpha", 1_000))
-        .await
-        .unwrap();
+    let ledger = ledger_with_task(dir.path(), "cgt-moved", "alpha").await;
     for _ in 0..2 {
         assert!(ledger.is_owner("cgt-moved", "alpha").await.unwrap());
         assert!(!ledger.is_owner("cgt-moved", "beta").await.unwrap());
