@@ -248,16 +248,42 @@ struct Handles {
     upstream_duration: Vec<(&'static str, Histogram)>,
 }
 
-/// The handle for `key`, from `cache` or else made (and kept while there is room).
-fn cached<K: PartialEq, M: Clone>(cache: &mut Vec<(K, M)>, key: K, make: impl FnOnce(&K) -> M) -> M {
-    if let Some((_, metric)) = cache.iter().find(|(k, _)| *k == key) {
-        return metric.clone();
+/// Applies `act` to the cached handle whose key `is_key` accepts, or else to
+/// a new one (kept while there is room). The handle is used in place, not
+/// cloned: a clone would write the metric's reference count, which every
+/// worker's handle shares. The key is built only for a new handle.
+fn with_handle<K, M>(
+    cache: &mut Vec<(K, M)>,
+    is_key: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    make: impl FnOnce(&K) -> M,
+    act: impl FnOnce(&M),
+) {
+    if let Some((_, metric)) = cache.iter().find(|(k, _)| is_key(k)) {
+        return act(metric);
     }
+    let key = key();
     let metric = make(&key);
+    act(&metric);
     if cache.len() < MAX_HANDLES {
-        cache.push((key, metric.clone()));
+        cache.push((key, metric));
     }
-    metric
+}
+
+/// Observes `elapsed` in the operation's histogram of `family`.
+fn histogram(
+    cache: &mut Vec<(&'static str, Histogram)>,
+    family: &Family<OperationLabel, Histogram, fn() -> Histogram>,
+    operation: &'static str,
+    elapsed: Duration,
+) {
+    with_handle(
+        cache,
+        |o| *o == operation,
+        || operation,
+        |&operation| family.get_or_create(&OperationLabel { operation }).clone(),
+        |histogram| histogram.observe(elapsed.as_secs_f64()),
+    );
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -282,25 +308,27 @@ impl WorkerMetrics {
     ) {
         let operation = operation.unwrap_or("none");
         let shared = &self.shared;
-        let (counter, histogram) = {
-            let handles = &mut *self.handles();
-            let counter = cached(
-                &mut handles.requests,
-                (tenant.cloned(), operation, allowed, status),
-                |(tenant, operation, allowed, status)| {
-                    shared.request_counter(tenant.as_ref(), operation, *allowed, *status)
-                },
-            );
-            let histogram = cached(&mut handles.request_duration, operation, |&operation| {
-                shared
-                    .request_duration
-                    .get_or_create(&OperationLabel { operation })
-                    .clone()
-            });
-            (counter, histogram)
-        };
-        counter.inc();
-        histogram.observe(elapsed.as_secs_f64());
+        let handles = &mut *self.handles();
+        let tenant_name = tenant.map(TenantName::as_str);
+        with_handle(
+            &mut handles.requests,
+            |(t, o, a, s)| {
+                t.as_ref().map(TenantName::as_str) == tenant_name && *o == operation && *a == allowed && *s == status
+            },
+            || (tenant.cloned(), operation, allowed, status),
+            |(tenant, operation, allowed, status)| {
+                shared.request_counter(tenant.as_ref(), operation, *allowed, *status)
+            },
+            |counter| {
+                counter.inc();
+            },
+        );
+        histogram(
+            &mut handles.request_duration,
+            &shared.request_duration,
+            operation,
+            elapsed,
+        );
     }
 
     pub fn rate_limited(&self, tenant: &TenantName) {
@@ -315,13 +343,12 @@ impl WorkerMetrics {
         let shared = &self.shared;
         shared.upstream_in_flight.dec();
         let operation = operation.unwrap_or("none");
-        let histogram = cached(&mut self.handles().upstream_duration, operation, |&operation| {
-            shared
-                .upstream_duration
-                .get_or_create(&OperationLabel { operation })
-                .clone()
-        });
-        histogram.observe(elapsed.as_secs_f64());
+        histogram(
+            &mut self.handles().upstream_duration,
+            &shared.upstream_duration,
+            operation,
+            elapsed,
+        );
         if let Some(kind) = error {
             shared.upstream_errors.get_or_create(&KindLabel { kind }).inc();
         }
