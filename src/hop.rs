@@ -4,27 +4,48 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Always hop-by-hop, whether or not `Connection` names them.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Always hop-by-hop, whether or not `Connection` names them. One string
+/// match per header present: cheaper than comparing each header with every
+/// name of a list, or than a hash lookup per name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Removes hop-by-hop headers and every header that `Connection` nominates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_hop_by_hop_and(headers, &[]);
+    strip_hop_by_hop_and(headers, |_| false);
 }
 
-/// [`strip_hop_by_hop`], and `also` in the same pass over the headers.
-pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: &[HeaderName]) {
-    if headers.contains_key(header::CONNECTION) {
+/// [`strip_hop_by_hop`], and every header for which `also` holds, in the
+/// same pass over the headers.
+pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    // Most header sets hold at most a few of these: no allocation for those.
+    let mut present: [Option<HeaderName>; 4] = Default::default();
+    let mut more = Vec::new();
+    let mut nominates = false;
+    for (i, name) in headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || also(name))
+        .enumerate()
+    {
+        nominates |= name == header::CONNECTION;
+        match present.get_mut(i) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
+    }
+    if nominates {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -34,23 +55,6 @@ pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: &[HeaderName]) {
             .collect();
         for name in nominated {
             headers.remove(name);
-        }
-    }
-    remove_all(headers, &[&HOP_BY_HOP, also]);
-}
-
-/// Removes every header named in any of `lists` (all of its values). A
-/// request carries a handful of headers and usually few of these: one pass
-/// over those present costs less than a hash lookup per name.
-pub fn remove_all(headers: &mut HeaderMap, lists: &[&[HeaderName]]) {
-    let named = |k: &&HeaderName| lists.iter().any(|names| names.contains(k));
-    // Most header sets hold at most a few of them: no allocation for those.
-    let mut present: [Option<HeaderName>; 4] = Default::default();
-    let mut more = Vec::new();
-    for (i, name) in headers.keys().filter(named).enumerate() {
-        match present.get_mut(i) {
-            Some(slot) => *slot = Some(name.clone()),
-            None => more.push(name.clone()),
         }
     }
     for name in present.into_iter().flatten().chain(more) {

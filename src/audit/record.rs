@@ -81,7 +81,12 @@ impl<S: AsRef<str>> AuditRecord<S> {
 /// copied as they are; any other goes through `serde_json`'s own escaping.
 fn string(out: &mut Vec<u8>, value: &impl AsRef<str>) {
     let value = value.as_ref();
-    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    // A fold without an early exit, so the compiler checks many bytes per
+    // instruction: these strings are short and almost never need escaping.
+    let needs_escaping = value
+        .bytes()
+        .fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if needs_escaping {
         serde_json::to_writer(&mut *out, value).expect("a string serializes");
     } else {
         out.push(b'"');

@@ -10,7 +10,7 @@ mod service;
 pub use layer::InjectCredentialLayer;
 pub use service::InjectCredentialService;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName};
 
 use crate::hop::strip_hop_by_hop_and;
 
@@ -18,26 +18,29 @@ use crate::hop::strip_hop_by_hop_and;
 /// contract and so must not reach Ark. `Accept-Encoding` is dropped because the
 /// gateway reads Ark's JSON (the created task id, list pages) and therefore
 /// asks for it uncompressed.
-const NOT_FORWARDED: [HeaderName; 8] = [
-    header::AUTHORIZATION,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::ACCEPT_ENCODING,
-    header::EXPECT,
-    header::COOKIE,
-    HeaderName::from_static("idempotency-key"),
-    HeaderName::from_static("x-request-id"),
-];
+fn not_forwarded(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "host"
+            | "content-length"
+            | "accept-encoding"
+            | "expect"
+            | "cookie"
+            | "idempotency-key"
+            | "x-request-id"
+    )
+}
 
 /// Prepares the outbound header set (before the key is added).
 pub fn outbound_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop_and(headers, &NOT_FORWARDED);
+    strip_hop_by_hop_and(headers, not_forwarded);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{header, HeaderValue};
 
     #[test]
     fn tenant_credential_and_connection_headers_do_not_survive() {
@@ -53,5 +56,32 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn every_gateway_owned_header_is_dropped_with_all_its_values() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "authorization",
+            "host",
+            "content-length",
+            "accept-encoding",
+            "expect",
+            "cookie",
+            "idempotency-key",
+            "x-request-id",
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("2"));
+        }
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert("x-client-request-id", HeaderValue::from_static("abc"));
+        outbound_headers(&mut h);
+        let mut left: Vec<_> = h.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [("content-type", "application/json"), ("x-client-request-id", "abc")]
+        );
     }
 }
