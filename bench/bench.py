@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 BIN = ROOT / "target/release/ark-gateway"
+FLOOR = ROOT / "target/release/examples/passthrough"
 KEY = "sk-bench-upstream-key"
 TOKEN = "bench-tenant-token"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -160,6 +161,15 @@ rate_limit = {{ per_second = 10000000, burst = 10000000 }}
         port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
         return gw, port
 
+    def start_floor(self, config):
+        """examples/passthrough.rs on the gateway's config: hyper + tokio + the pool, no layers."""
+        floor = subprocess.Popen([str(FLOOR), str(config)], env={**os.environ, "BENCH_ARK_KEY": KEY},
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(floor)
+        line = wait_line(floor, "stdout", "passthrough listening")
+        self.floor = floor
+        self.floor_port = int(line.split("addr=")[1].strip().rsplit(":", 1)[1])
+
     def start_nginx(self):
         port = free_port()
         prefix = self.work / "nginx"
@@ -272,6 +282,7 @@ def main():
         setup.gateway, setup.gateway_port = setup.start_gateway("gateway")
         setup.redis_gateway, setup.redis_gateway_port = setup.start_gateway("gateway-redis", redis=True)
         setup.start_nginx()
+        setup.start_floor(work / "gateway.toml")
         create_body = '{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"x"}]}'
         paths = {}
         for port in (setup.gateway_port, setup.redis_gateway_port):
@@ -279,7 +290,7 @@ def main():
             assert status == 200, body
             paths[port] = f"/api/v3/contents/generations/tasks/{json.loads(body)['id']}"
         path = paths[setup.gateway_port]
-        for port, token, p in ((setup.mock_port, KEY, path), (setup.nginx_port, TOKEN, path),
+        for port, token, p in ((setup.mock_port, KEY, path), (setup.nginx_port, TOKEN, path), (setup.floor_port, TOKEN, path),
                                (setup.gateway_port, TOKEN, path), (setup.redis_gateway_port, TOKEN, paths[setup.redis_gateway_port])):
             s, b = http(port, "GET", p, token)
             assert s == 200, (port, s, b)
@@ -296,6 +307,7 @@ def main():
         targets = {
             "direct": (f"http://127.0.0.1:{setup.mock_port}{path}", KEY, lambda: [setup.mock.pid]),
             "nginx": (f"http://127.0.0.1:{setup.nginx_port}{path}", TOKEN, setup.nginx_pids),
+            "floor": (f"http://127.0.0.1:{setup.floor_port}{path}", TOKEN, lambda: [setup.floor.pid]),
             "ark-gateway": (f"http://127.0.0.1:{setup.gateway_port}{path}", TOKEN, lambda: [setup.gateway.pid]),
             "ark-gateway+redis": (f"http://127.0.0.1:{setup.redis_gateway_port}{paths[setup.redis_gateway_port]}", TOKEN,
                                   # The gateway and redis-server: the cost of sharing state.
@@ -388,20 +400,24 @@ def render(r):
         "nginx: token → tenant `map`, `limit_req` per tenant, `proxy_set_header Authorization` with the key, "
         "keep-alive upstream pool, JSON access log to a file. ark-gateway: full policy (auth, limits, ledger "
         "ownership check, key injection), hash-chained audit file, each record written before its response.",
+        "floor: `examples/passthrough.rs`, the gateway's own workers, hyper server, upstream pool and allocator with "
+        "no layer at all (it checks nothing): what hyper + tokio cost before any policy.",
         "",
         "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in ("direct", "nginx", "ark-gateway", "ark-gateway+redis"):
+    for name in ("direct", "nginx", "floor", "ark-gateway", "ark-gateway+redis"):
         for c in r["levels"]:
             v = s[name][c]
             cpu = "-" if v["cpu_s_per_10k"] is None else f"{v['cpu_s_per_10k']:.3f}"
             lines.append(f"| {name} | {c} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | {cpu} |")
-    lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 | Redis backends: p50 added, ms | Redis backends: req/s ratio |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 | floor/nginx req/s | "
+              "policy CPU µs/req (gateway − floor) | Redis backends: p50 added, ms | Redis backends: req/s ratio |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in r["levels"]:
-        g, n, d, gr = s["ark-gateway"][c], s["nginx"][c], s["direct"][c], s["ark-gateway+redis"][c]
+        g, n, d, gr, f = s["ark-gateway"][c], s["nginx"][c], s["direct"][c], s["ark-gateway+redis"][c], s["floor"][c]
         lines.append(f"| {c} | {g['rps']/n['rps']:.2f} | {g['rps']/d['rps']:.2f} | {g['p99_ms']/n['p99_ms']:.2f} | "
+                     f"{f['rps']/n['rps']:.2f} | {(g['cpu_s_per_10k'] - f['cpu_s_per_10k']) * 100:.1f} | "
                      f"{gr['p50_ms'] - g['p50_ms']:+.2f} | {gr['rps']/g['rps']:.2f} |")
     idle = r["idle"]
     lines += [

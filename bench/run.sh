@@ -14,6 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --quiet --bin ark-gateway
+# The gateway, and the floor under it (examples/passthrough.rs: the same server and pool, no layers).
+cargo build --release --quiet --bin ark-gateway --example passthrough
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 bench/bench.py "$@"
