@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use ark_gateway::config::TaskGrants;
-use ark_gateway::forward::upstream_uri;
+use ark_gateway::forward::{upstream_target, upstream_uri};
 use ark_gateway::policy::{ListQuery, UpstreamQuery};
 use ark_gateway::route::{is_task_id, route, Operation, TaskId, TASKS_PATH};
 use http::{Method, Uri};
@@ -101,6 +101,13 @@ proptest! {
 }
 
 fn check_route(method: &Method, uri: &Uri, operation: Operation, id: Option<&TaskId>) -> Result<(), TestCaseError> {
+    // What goes upstream is what the facts spell, whether the client's own
+    // target is reused or a target is built (query-less routes; the list's
+    // query is always built).
+    if operation != Operation::List {
+        let sent = upstream_target(uri.clone(), "/api/v3", id, None).unwrap();
+        prop_assert_eq!(sent, upstream_uri("/api/v3", id, None).unwrap());
+    }
     match (operation, id) {
         (Operation::Create, None) => prop_assert!(method == Method::POST && uri.path() == TASKS_PATH),
         (Operation::List, None) => prop_assert!(method == Method::GET && uri.path() == TASKS_PATH),

@@ -11,4 +11,4 @@ mod service;
 
 pub use client::build_pool;
 pub use pool::{ExchangeError, UpstreamPool};
-pub use service::{upstream_uri, Forward};
+pub use service::{upstream_target, upstream_uri, Forward};

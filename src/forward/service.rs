@@ -147,6 +147,40 @@ pub fn upstream_uri(base: &str, task_id: Option<&TaskId>, query: Option<&Upstrea
     Ok(Uri::try_from(url)?)
 }
 
+/// The upstream target for a request whose own target is `inbound`. Where
+/// that is already, byte for byte, the origin-form target [`upstream_uri`]
+/// would build from the policy's facts (the usual case: the client and the
+/// base URL share the `/api/v3` prefix, and a task call has no query), it is
+/// used as it is: no string is built and no URI parsed per request. Anything
+/// else (another prefix, any query, an absolute form) is built from the facts,
+/// so what is sent is never more than what the policy read.
+pub fn upstream_target(
+    inbound: Uri,
+    base_path: &str,
+    task_id: Option<&TaskId>,
+    query: Option<&UpstreamQuery>,
+) -> Result<Uri, http::Error> {
+    let spelled = || {
+        let rest = inbound
+            .path()
+            .strip_prefix(base_path)?
+            .strip_prefix(UPSTREAM_TASKS_PATH)?;
+        Some(match task_id {
+            Some(id) => rest.strip_prefix('/') == Some(id.as_str()),
+            None => rest.is_empty(),
+        })
+    };
+    let reusable = query.is_none()
+        && inbound.scheme().is_none()
+        && inbound.authority().is_none()
+        && inbound.query().is_none()
+        && spelled() == Some(true);
+    if reusable {
+        return Ok(inbound);
+    }
+    upstream_uri(base_path, task_id, query)
+}
+
 impl Service<Request<Bytes>> for Forward {
     type Response = GatewayResponse;
     type Error = GatewayError;
@@ -168,7 +202,8 @@ impl Service<Request<Bytes>> for Forward {
             let operation = parts.extensions.get::<Operation>().copied();
             // A create that may have reached Ark has an unknown fate on failure.
             let is_create = operation == Some(Operation::Create);
-            let uri = upstream_uri(
+            let uri = upstream_target(
+                parts.uri,
                 &shared.base_path,
                 parts.extensions.get::<TaskId>(),
                 parts.extensions.get::<UpstreamQuery>(),
@@ -301,5 +336,44 @@ mod tests {
             "/api/v3/contents/generations/tasks/cgt-20250331175019-68d9t?page_num=1&filter.task_ids=a"
         );
         assert_eq!(upstream_uri("", None, None).unwrap(), "/contents/generations/tasks");
+    }
+
+    #[test]
+    fn the_client_target_is_sent_only_where_it_is_the_one_built_from_the_facts() {
+        let id = TaskId::parse("cgt-20250331175019-68d9t").unwrap();
+        let other = TaskId::parse("cgt-20250331175019-zzzzz").unwrap();
+        let list = UpstreamQuery("page_num=1".into());
+        let tasks = "/api/v3/contents/generations/tasks";
+        let one = "/api/v3/contents/generations/tasks/cgt-20250331175019-68d9t";
+        let (with_query, empty_query, slash) = (format!("{one}?x=1"), format!("{one}?"), format!("{one}/"));
+        let other_prefix = one.replace("/api/v3", "/v9");
+        let absolute = format!("http://evil.example{one}");
+        let listed = format!("{tasks}?page_num=1");
+        let cases: [(&str, &str, Option<&TaskId>, Option<&UpstreamQuery>); 12] = [
+            // Reusable: exactly the built target.
+            (one, "/api/v3", Some(&id), None),
+            (tasks, "/api/v3", None, None),
+            // Built: the client's target differs from the facts in some way.
+            (one, "/api/v3", Some(&other), None),
+            (one, "/api/v3", None, None),
+            (tasks, "/api/v3", Some(&id), None),
+            (&with_query, "/api/v3", Some(&id), None),
+            (&empty_query, "/api/v3", Some(&id), None),
+            (&slash, "/api/v3", Some(&id), None),
+            (&other_prefix, "/api/v3", Some(&id), None),
+            (one, "", Some(&id), None),
+            (&absolute, "/api/v3", Some(&id), None),
+            (&listed, "/api/v3", None, Some(&list)),
+        ];
+        for (i, (inbound, base, task_id, query)) in cases.into_iter().enumerate() {
+            let inbound_uri = Uri::try_from(inbound).unwrap();
+            let inbound_path = inbound_uri.path().as_ptr();
+            let sent = upstream_target(inbound_uri, base, task_id, query).unwrap();
+            let built = upstream_uri(base, task_id, query).unwrap();
+            assert_eq!(sent, built, "client target {inbound}, base {base:?}");
+            assert_eq!(sent.authority(), None, "origin form: {inbound}");
+            // The first two are the client's own target, not a copy.
+            assert_eq!(sent.path().as_ptr() == inbound_path, i < 2, "reused: {inbound}");
+        }
     }
 }
