@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,16 +33,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def cpu_seconds(pids):
+def cpu_split(pids):
+    """(user, kernel) CPU seconds of the processes so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            kernel += int(fields[12])
         except FileNotFoundError:
             pass
-    return total / tick
+    return user / tick, kernel / tick
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def status_kib(pids, field):
@@ -264,8 +271,10 @@ def http_status_ok(port):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a few seconds, writes only bench/out/")
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    # Five short rounds rather than two long ones: the figures are medians over
+    # rounds, so one round that a noisy neighbour slowed moves no path's result.
+    ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     levels = [16] if args.smoke else [16, 64, 256]
     duration = 1 if args.smoke else args.duration
@@ -320,9 +329,11 @@ def main():
                 # Interleaved, with the order rotated each round, so drift hits all alike.
                 for name in order[r % len(order):] + order[:r % len(order)]:
                     url, token, pids = targets[name]
-                    cpu0 = cpu_seconds(pids())
+                    (user0, kernel0) = cpu_split(pids())
                     res = wrk(url, c, duration, token=token)
-                    res["proxy_cpu_s"] = cpu_seconds(pids()) - cpu0
+                    (user1, kernel1) = cpu_split(pids())
+                    res["proxy_user_s"], res["proxy_kernel_s"] = user1 - user0, kernel1 - kernel0
+                    res["proxy_cpu_s"] = res["proxy_user_s"] + res["proxy_kernel_s"]
                     if res["non2xx"] or res["socket_errors"]:
                         raise RuntimeError(f"{name} c={c}: {res['non2xx']} non-2xx, {res['socket_errors']} socket errors")
                     runs[name][c].append(res)
@@ -332,15 +343,20 @@ def main():
         for name, per_level in runs.items():
             summary[name] = {}
             for c, rs in per_level.items():
-                requests = sum(r["requests"] for r in rs)
+                median = statistics.median
                 summary[name][c] = {
-                    "rps": sum(r["rps"] for r in rs) / len(rs),
-                    "p50_ms": sum(r["p50"] for r in rs) / len(rs) / 1000,
-                    "p90_ms": sum(r["p90"] for r in rs) / len(rs) / 1000,
-                    "p99_ms": sum(r["p99"] for r in rs) / len(rs) / 1000,
-                    "p999_ms": sum(r["p999"] for r in rs) / len(rs) / 1000,
-                    "cpu_s_per_10k": sum(r["proxy_cpu_s"] for r in rs) / requests * 10_000 if name != "direct" else None,
-                    "requests": requests,
+                    # Medians over the rounds (each round's own figures are in "raw").
+                    "rps": median([r["rps"] for r in rs]),
+                    "p50_ms": median([r["p50"] for r in rs]) / 1000,
+                    "p90_ms": median([r["p90"] for r in rs]) / 1000,
+                    "p99_ms": median([r["p99"] for r in rs]) / 1000,
+                    "p999_ms": median([r["p999"] for r in rs]) / 1000,
+                    "cpu_s_per_10k": median([r["proxy_cpu_s"] / r["requests"] * 10_000 for r in rs]) if name != "direct" else None,
+                    # Split, per request: where the proxies differ (user space) and where they do not (the kernel).
+                    "user_us_per_req": median([r["proxy_user_s"] / r["requests"] * 1e6 for r in rs]),
+                    "kernel_us_per_req": median([r["proxy_kernel_s"] / r["requests"] * 1e6 for r in rs]),
+                    "rps_per_round": [round(r["rps"]) for r in rs],
+                    "requests": sum(r["requests"] for r in rs),
                 }
         peak = {
             "nginx": status_kib(setup.nginx_pids(), "VmHWM"),
@@ -393,7 +409,8 @@ def render(r):
         "# Benchmark results",
         "",
         f"{r['machine']['date']} UTC, {r['machine']['cores']} cores, kernel {r['machine']['kernel']}; "
-        f"{r['mode']} run: {r['rounds']} interleaved rounds of {r['duration_s']} s per path and level; "
+        f"{r['mode']} run: {r['rounds']} interleaved rounds of {r['duration_s']} s per path and level, the order rotated "
+        "each round; every figure is the median over the rounds (each round's req/s in the last column). "
         "wrk, the proxies and the mock upstream share the machine.",
         "",
         "GET task (`GET /api/v3/contents/generations/tasks/{id}`), answered from memory by `ark-gateway mock-upstream`.",
@@ -403,14 +420,18 @@ def render(r):
         "floor: `examples/passthrough.rs`, the gateway's own workers, hyper server, upstream pool and allocator with "
         "no layer at all (it checks nothing): what hyper + tokio cost before any policy.",
         "",
-        "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "CPU columns: the CPU time of the proxy's processes (for `direct`, the mock upstream; for `+redis`, the gateway "
+        "and redis-server) over wrk's request count, from /proc; user space and kernel apart in the last two.",
+        "",
+        "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | user µs / req | kernel µs / req | req/s per round |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name in ("direct", "nginx", "floor", "ark-gateway", "ark-gateway+redis"):
         for c in r["levels"]:
             v = s[name][c]
             cpu = "-" if v["cpu_s_per_10k"] is None else f"{v['cpu_s_per_10k']:.3f}"
-            lines.append(f"| {name} | {c} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | {cpu} |")
+            lines.append(f"| {name} | {c} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | {cpu} | "
+                         f"{v['user_us_per_req']:.1f} | {v['kernel_us_per_req']:.1f} | {' '.join(str(x) for x in v['rps_per_round'])} |")
     lines += ["", "| conns | gateway/nginx req/s | gateway/direct req/s | gateway p99 / nginx p99 | floor/nginx req/s | "
               "policy CPU µs/req (gateway − floor) | Redis backends: p50 added, ms | Redis backends: req/s ratio |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
