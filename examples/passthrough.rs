@@ -11,9 +11,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use ark_gateway::request_body::RequestBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use ark_gateway::config::Config;
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let pool = Arc::new(build_pool(&config.upstream)?);
             let key = key.clone();
             let limit = config.upstream.max_response_bytes;
-            services.push(tower::service_fn(move |req: Request<Incoming>| {
+            services.push(tower::service_fn(move |req: Request<RequestBody>| {
                 let (pool, key) = (pool.clone(), key.clone());
                 async move {
                     let (mut parts, body) = req.into_parts();

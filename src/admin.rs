@@ -141,12 +141,12 @@ pub async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Fu
 pub fn service(
     state: AdminState,
 ) -> impl tower::Service<
-    Request<hyper::body::Incoming>,
+    Request<crate::request_body::RequestBody>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future: Send + 'static,
 > + Clone
        + Send
        + 'static {
-    tower::service_fn(move |req: Request<hyper::body::Incoming>| handle(state.clone(), req))
+    tower::service_fn(move |req: Request<crate::request_body::RequestBody>| handle(state.clone(), req))
 }

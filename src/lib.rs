@@ -17,6 +17,7 @@ pub mod mock_upstream;
 pub mod policy;
 pub mod rate_limit;
 pub mod redis_backend;
+pub mod request_body;
 pub mod request_id;
 pub mod rescue;
 pub mod route;

@@ -410,7 +410,7 @@ impl MockUpstream {
             seed: u64::from_le_bytes(seed) | 1,
         });
         let service_state = state.clone();
-        let service = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let service = tower::service_fn(move |req: Request<crate::request_body::RequestBody>| {
             let state = service_state.clone();
             async move { Ok::<_, Infallible>(handle(state, req).await) }
         });

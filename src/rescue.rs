@@ -47,6 +47,8 @@ pub enum GatewayError {
     MethodNotAllowed { allow: &'static str },
     #[error("Absolute-form request targets are not accepted; send the path only.")]
     AbsoluteFormTarget,
+    #[error("The HTTP/2 pseudo-header {0} is not accepted (user info, or a scheme other than http/https).")]
+    InvalidPseudoHeader(&'static str),
     #[error("The task id must be 1-128 letters, digits, '-' or '_'.")]
     InvalidTaskId,
     #[error("The query parameter {param} is invalid: {reason}")]
@@ -124,6 +126,7 @@ impl GatewayError {
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AbsoluteFormTarget
+            | InvalidPseudoHeader(_)
             | InvalidTaskId
             | InvalidQuery { .. }
             | InvalidBody(_)
@@ -156,6 +159,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => "MethodNotAllowed",
             MissingModel => "MissingParameter",
             AbsoluteFormTarget
+            | InvalidPseudoHeader(_)
             | InvalidTaskId
             | InvalidQuery { .. }
             | InvalidBody(_)
@@ -198,6 +202,7 @@ impl GatewayError {
             TaskNotGranted | InvalidTaskId => "id",
             ModelNotAllowed | MissingModel => "model",
             InvalidQuery { param, .. } => param,
+            InvalidPseudoHeader(name) => name,
             InvalidIdempotencyKey | IdempotencyConflict => "Idempotency-Key",
             _ => "",
         }
@@ -220,6 +225,7 @@ impl GatewayError {
             NoRoute => "no_route",
             MethodNotAllowed { .. } => "method_not_allowed",
             AbsoluteFormTarget => "absolute_form_target",
+            InvalidPseudoHeader(_) => "invalid_pseudo_header",
             InvalidTaskId => "invalid_task_id",
             InvalidQuery { .. } => "invalid_query",
             InvalidBody(_) => "invalid_body",

@@ -1,14 +1,22 @@
-//! The four task routes, parsed once from the request line into typed facts.
+//! The four task routes, parsed once from the request target into typed facts.
 //!
 //! Only these paths exist; anything else is refused before any policy runs. The
 //! raw path is matched byte for byte: hyper hands over the request target
 //! undecoded, and we never decode it, so `%2e%2e`, `%2F` and friends are simply
 //! characters that are not allowed in a task id.
+//!
+//! HTTP/1.1 carries the target in the request line, where only the origin form
+//! (`/api/v3/...`) is accepted. HTTP/2 carries it in `:path`, with the scheme
+//! and authority in their own pseudo-headers (which hyper folds into the URI):
+//! the same path rules apply to `:path`; `:scheme` must be `http` or `https`,
+//! and `:authority` is accepted whatever host it names (like HTTP/1.1's `Host`,
+//! it is never forwarded: the upstream authority is the configured one) unless
+//! it carries user info, which RFC 9113 §8.3.1 forbids.
 
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Method, Uri};
+use http::{Method, Uri, Version};
 
 use crate::rescue::GatewayError;
 
@@ -92,13 +100,36 @@ pub struct Route {
 }
 
 /// Maps a method and request target onto one of the four routes.
-pub fn route(method: &Method, uri: &Uri) -> Result<Route, GatewayError> {
-    // A sidecar is not a forward proxy: absolute-form targets
-    // (`GET http://other/api/v3/...`) are refused rather than interpreted.
-    if uri.scheme().is_some() || uri.authority().is_some() {
+pub fn route(method: &Method, uri: &Uri, version: Version) -> Result<Route, GatewayError> {
+    if version == Version::HTTP_2 {
+        check_pseudo_headers(uri)?;
+    } else if uri.scheme().is_some() || uri.authority().is_some() {
+        // A sidecar is not a forward proxy: absolute-form request lines
+        // (`GET http://other/api/v3/...`) are refused rather than interpreted.
         return Err(GatewayError::AbsoluteFormTarget);
     }
-    let path = uri.path();
+    route_path(method, uri.path())
+}
+
+/// `:scheme` and `:authority` of an HTTP/2 request (the target is `:path`).
+fn check_pseudo_headers(uri: &Uri) -> Result<(), GatewayError> {
+    if uri
+        .scheme_str()
+        .is_some_and(|scheme| scheme != "http" && scheme != "https")
+    {
+        return Err(GatewayError::InvalidPseudoHeader(":scheme"));
+    }
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(GatewayError::InvalidPseudoHeader(":authority"));
+    }
+    Ok(())
+}
+
+/// The path rules, the same for a request line and `:path`.
+fn route_path(method: &Method, path: &str) -> Result<Route, GatewayError> {
     if path == TASKS_PATH {
         return match *method {
             Method::POST => Ok(Route {
@@ -135,7 +166,22 @@ mod tests {
     use super::*;
 
     fn route_of(method: Method, target: &str) -> Result<Route, GatewayError> {
-        route(&method, &target.parse::<Uri>().unwrap())
+        let h1 = route(&method, &target.parse::<Uri>().unwrap(), Version::HTTP_11);
+        // The same target as an HTTP/2 `:path` routes the same way.
+        if let Ok(h2) = h2_uri("https", "gateway.local:8443", target) {
+            let over_h2 = route(&method, &h2, Version::HTTP_2);
+            assert_eq!(format!("{over_h2:?}"), format!("{h1:?}"), "{method} {target} over h2");
+        }
+        h1
+    }
+
+    /// The URI hyper builds from an HTTP/2 request's pseudo-headers.
+    fn h2_uri(scheme: &str, authority: &str, path: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
     }
 
     #[test]
@@ -215,8 +261,46 @@ mod tests {
     }
 
     #[test]
-    fn absolute_form_is_refused() {
-        let err = route_of(Method::GET, &format!("http://other.example{TASKS_PATH}/cgt-1")).unwrap_err();
-        assert!(matches!(err, GatewayError::AbsoluteFormTarget));
+    fn absolute_form_is_refused_on_http1() {
+        for version in [Version::HTTP_10, Version::HTTP_11] {
+            let uri: Uri = format!("http://other.example{TASKS_PATH}/cgt-1").parse().unwrap();
+            let err = route(&Method::GET, &uri, version).unwrap_err();
+            assert!(matches!(err, GatewayError::AbsoluteFormTarget), "{version:?}");
+        }
+    }
+
+    #[test]
+    fn http2_is_routed_by_its_path_whatever_authority_it_names() {
+        for (scheme, authority) in [
+            ("https", "gateway.local:8443"),
+            ("http", "127.0.0.1:8080"),
+            ("https", "ark.cn-beijing.volces.com"),
+            ("http", "[::1]:9"),
+        ] {
+            let uri = h2_uri(scheme, authority, &format!("{TASKS_PATH}/cgt-1")).unwrap();
+            let routed = route(&Method::GET, &uri, Version::HTTP_2).unwrap();
+            assert_eq!(routed.operation, Operation::Get, "{scheme}://{authority}");
+            assert_eq!(routed.task_id.unwrap().as_str(), "cgt-1");
+        }
+        // A request without `:authority` (a `Host` header instead) routes too.
+        let uri: Uri = TASKS_PATH.parse().unwrap();
+        assert_eq!(
+            route(&Method::POST, &uri, Version::HTTP_2).unwrap().operation,
+            Operation::Create
+        );
+    }
+
+    #[test]
+    fn http2_user_info_and_foreign_schemes_are_refused() {
+        let path = format!("{TASKS_PATH}/cgt-1");
+        let with_user = h2_uri("https", "tenant:secret@gateway.local", &path).unwrap();
+        let err = route(&Method::GET, &with_user, Version::HTTP_2).unwrap_err();
+        assert!(
+            matches!(err, GatewayError::InvalidPseudoHeader(":authority")),
+            "{err:?}"
+        );
+        let ftp = h2_uri("ftp", "gateway.local", &path).unwrap();
+        let err = route(&Method::GET, &ftp, Version::HTTP_2).unwrap_err();
+        assert!(matches!(err, GatewayError::InvalidPseudoHeader(":scheme")), "{err:?}");
     }
 }

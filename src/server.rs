@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::config::{ServerConfig, ServerTls};
+use crate::request_body::RequestBody;
 
 /// The peer address of the tenant's connection, as a request extension. Its
 /// text (for the audit record) is rendered once per connection, not per request.
@@ -144,7 +145,7 @@ pub fn spawn_workers<S>(
     stop: watch::Receiver<bool>,
 ) -> io::Result<Vec<Worker>>
 where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let listener = listener.into_std()?;
@@ -215,7 +216,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()>,
     stopped_accepting: impl FnOnce(),
 ) where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     serve_dealt(listener, None, tls, service, config, shutdown, stopped_accepting).await
@@ -231,7 +232,7 @@ async fn serve_dealt<S>(
     shutdown: impl Future<Output = ()>,
     stopped_accepting: impl FnOnce(),
 ) where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -345,7 +346,7 @@ async fn serve_connection<I, S>(
     service: S,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     // One stack per connection, called in place: cloning every layer for
@@ -354,7 +355,8 @@ async fn serve_connection<I, S>(
     // are dispatched one at a time by the connection's own task).
     let service = std::sync::Mutex::new(service);
     let remote = RemoteAddr::new(peer);
-    let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let per_request = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(RequestBody::new);
         req.extensions_mut().insert(remote.clone());
         if let Some(cert) = &cert {
             req.extensions_mut().insert(cert.clone());
@@ -382,7 +384,7 @@ mod tests {
     use super::*;
 
     /// Answers with the name of the thread that served the request.
-    async fn thread_name(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn thread_name(_req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
         let name = std::thread::current().name().unwrap_or_default().to_string();
         Ok(Response::new(Full::new(Bytes::from(name))))
     }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::h2::{frame, literal, raw_request, request_block, RawAnswer};
 use common::process::GatewayProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,13 +46,12 @@ async fn assert_contained(env: &TestEnv, own: &str, other: &str) {
     assert_eq!(reply.status, 200, "the gateway stopped serving");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_confusion_never_reaches_another_tenants_task() {
-    let (env, own, other) = setup().await;
+/// Request targets that try to reach `other` from a caller that owns `own`.
+fn confusing_targets(own: &str, other: &str) -> Vec<Vec<u8>> {
     let encoded_letter = other.replacen('c', "%63", 1);
     let long_id = format!("{other}{}", "a".repeat(200));
     let long_path = format!("{TASKS}/{}", "x".repeat(70_000));
-    let targets: Vec<Vec<u8>> = vec![
+    vec![
         format!("{TASKS}/{other}/").into(),
         format!("/{TASKS}/{other}").into(),
         format!("{TASKS}//{other}").into(),
@@ -74,7 +74,13 @@ async fn path_confusion_never_reaches_another_tenants_task() {
         [format!("{TASKS}/").as_bytes(), b"\x1b[2J", other.as_bytes()].concat(),
         format!("{TASKS}/{other}#frag").into(),
         format!("{TASKS}/{own}?id=../{other}").into(),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_confusion_never_reaches_another_tenants_task() {
+    let (env, own, other) = setup().await;
+    let targets = confusing_targets(&own, &other);
     for target in &targets {
         for method in ["GET", "DELETE"] {
             let raw = [
@@ -103,6 +109,80 @@ async fn path_confusion_never_reaches_another_tenants_task() {
     // A Host header naming another host changes nothing: the upstream is configured.
     let raw = format!("GET {TASKS}/{other} HTTP/1.1\r\nHost: ark.cn-beijing.volces.com\r\nAuthorization: Bearer {ALPHA}\r\nConnection: close\r\n\r\n");
     assert_eq!(raw_status(&env, raw.as_bytes()).await, 403);
+    assert_contained(&env, &own, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_confusion_over_http2_never_reaches_another_tenants_task() {
+    let (env, own, other) = setup().await;
+    let auth = format!("Bearer {ALPHA}");
+    for target in confusing_targets(&own, &other) {
+        for method in ["GET", "DELETE"] {
+            // The target goes into `:path` byte for byte, whatever it holds.
+            let block = request_block(method, &target, &[("authorization", &auth)]);
+            let answer = raw_request(env.addr, &block).await;
+            let shown = String::from_utf8_lossy(&target[..target.len().min(120)]).into_owned();
+            if answer == RawAnswer::Ok {
+                assert!(
+                    target.starts_with(format!("{TASKS}/{own}?").as_bytes()),
+                    "{method} {shown} succeeded over HTTP/2"
+                );
+            }
+        }
+    }
+    // The caller's own task is served over the same raw frames: the refusals above are the targets'.
+    let own_block = request_block("GET", format!("{TASKS}/{own}").as_bytes(), &[("authorization", &auth)]);
+    assert_eq!(raw_request(env.addr, &own_block).await, RawAnswer::Ok);
+    // `:authority` naming Ark, or another host, changes nothing: the upstream is configured.
+    let auth_block = |authority: &[u8]| {
+        [
+            literal(b":method", b"GET"),
+            literal(b":scheme", b"https"),
+            literal(b":authority", authority),
+            literal(b":path", format!("{TASKS}/{other}").as_bytes()),
+            literal(b"authorization", auth.as_bytes()),
+        ]
+        .concat()
+    };
+    for authority in [
+        &b"ark.cn-beijing.volces.com"[..],
+        b"beta:token-beta@gateway.local",
+        b"127.0.0.1:1",
+    ] {
+        let answer = raw_request(env.addr, &auth_block(authority)).await;
+        assert_ne!(answer, RawAnswer::Ok, "{}", String::from_utf8_lossy(authority));
+    }
+    assert_contained(&env, &own, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connection_specific_and_malformed_headers_are_refused() {
+    let (env, own, other) = setup().await;
+    let before = env.upstream_count();
+    let auth = format!("Bearer {ALPHA}");
+    let path = format!("{TASKS}/{own}");
+    // RFC 9113 §8.2: these make a request malformed; none may be served.
+    for extra in [
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "h2c"),
+        ("te", "gzip"),
+        ("Authorization", auth.as_str()),
+    ] {
+        let block = request_block("GET", path.as_bytes(), &[("authorization", &auth), extra]);
+        let answer = raw_request(env.addr, &block).await;
+        assert_ne!(answer, RawAnswer::Ok, "served with {extra:?}");
+    }
+    // The same request without them is served (the refusals above are theirs).
+    let block = request_block("GET", path.as_bytes(), &[("authorization", &auth), ("te", "trailers")]);
+    assert_eq!(raw_request(env.addr, &block).await, RawAnswer::Ok);
+    assert_eq!(
+        env.upstream_count(),
+        before + 1,
+        "only the well-formed request was forwarded"
+    );
     assert_contained(&env, &own, &other).await;
 }
 
@@ -212,25 +292,6 @@ async fn smuggling_and_framing_tricks_reach_nothing_they_should_not() {
     assert_contained(&env, &own, &other).await;
 }
 
-/// An HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK literal header without indexing, with a literal name.
-fn literal(name: &str, value: &str) -> Vec<u8> {
-    assert!(name.len() < 127 && value.len() < 127);
-    let mut out = vec![0x00, name.len() as u8];
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_a_malformed_pseudo_header_is_reset() {
     let (env, own, other) = setup().await;
@@ -240,20 +301,24 @@ async fn http2_with_a_malformed_pseudo_header_is_reset() {
         // A regular header before a pseudo-header.
         [
             vec![0x82, 0x86],
-            literal("authorization", &format!("Bearer {ALPHA}")),
-            literal(":path", &path),
+            literal(b"authorization", format!("Bearer {ALPHA}").as_bytes()),
+            literal(b":path", path.as_bytes()),
         ]
         .concat(),
         // An unknown pseudo-header.
         [
             vec![0x82, 0x86],
-            literal(":path", &path),
-            literal(":tenant", "beta"),
-            literal("authorization", &format!("Bearer {ALPHA}")),
+            literal(b":path", path.as_bytes()),
+            literal(b":tenant", b"beta"),
+            literal(b"authorization", format!("Bearer {ALPHA}").as_bytes()),
         ]
         .concat(),
         // No :path at all.
-        [vec![0x82, 0x86], literal("authorization", &format!("Bearer {ALPHA}"))].concat(),
+        [
+            vec![0x82, 0x86],
+            literal(b"authorization", format!("Bearer {ALPHA}").as_bytes()),
+        ]
+        .concat(),
     ] {
         let mut stream = TcpStream::connect(env.addr).await.unwrap();
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ark_gateway::mock_upstream::{MockOptions, MockUpstream};
 use common::process::GatewayProcess;
+use common::tls::{pki, Pki};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -320,76 +321,15 @@ async fn sighup_and_file_changes_reload_the_running_process() {
     assert_eq!(tokio::task::block_in_place(|| gateway.wait()).0, Some(0));
 }
 
-struct Pki {
-    ca_pem: String,
-    server_cert: String,
-    server_key: String,
-    /// (certificate PEM, key PEM) of a client named `svc-a.tenants.internal`.
-    client_a: (String, String),
-    /// A client the CA signed but no tenant names.
-    client_other: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server_cert,
-        server_key,
-        client_a: leaf(
-            vec!["svc-a.tenants.internal".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-        client_other: leaf(
-            vec!["svc-z.tenants.internal".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-    }
-}
-
 /// One HTTP/1.1 request over TLS; `None` when the TLS session cannot be set up.
 async fn tls_request(
     addr: std::net::SocketAddr,
-    ca_pem: &str,
+    pki: &Pki,
     client: Option<&(String, String)>,
     token: Option<&str>,
 ) -> Option<Reply> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
+    use rustls_pki_types::ServerName;
+    let config = pki.client_config(client, &[]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = connector
@@ -431,9 +371,7 @@ async fn tls_and_mutual_tls_identify_tenants() {
         ..Options::default()
     })
     .await;
-    let reply = tls_request(env.addr, &pki.ca_pem, None, Some(ALPHA))
-        .await
-        .expect("TLS works");
+    let reply = tls_request(env.addr, &pki, None, Some(ALPHA)).await.expect("TLS works");
     assert_eq!(reply.status, 200, "{}", reply.text());
     let mut plain = TcpStream::connect(env.addr).await.unwrap();
     plain
@@ -459,24 +397,22 @@ async fn tls_and_mutual_tls_identify_tenants() {
         ..Options::default()
     })
     .await;
-    let by_cert = tls_request(env.addr, &pki.ca_pem, Some(&pki.client_a), None)
-        .await
-        .unwrap();
+    let by_cert = tls_request(env.addr, &pki, Some(&pki.client_a), None).await.unwrap();
     assert_eq!(by_cert.status, 200, "{}", by_cert.text());
-    let conflict = tls_request(env.addr, &pki.ca_pem, Some(&pki.client_a), Some(BETA))
+    let conflict = tls_request(env.addr, &pki, Some(&pki.client_a), Some(BETA))
         .await
         .unwrap();
     assert_eq!(conflict.status, 401, "a certificate and a token of different tenants");
-    let by_token = tls_request(env.addr, &pki.ca_pem, Some(&pki.client_other), Some(ALPHA))
+    let by_token = tls_request(env.addr, &pki, Some(&pki.client_other), Some(ALPHA))
         .await
         .unwrap();
     assert_eq!(by_token.status, 200, "an unnamed certificate still allows a token");
-    let nobody = tls_request(env.addr, &pki.ca_pem, Some(&pki.client_other), None)
+    let nobody = tls_request(env.addr, &pki, Some(&pki.client_other), None)
         .await
         .unwrap();
     assert_eq!(nobody.status, 401);
     assert!(
-        tls_request(env.addr, &pki.ca_pem, None, Some(ALPHA)).await.is_none(),
+        tls_request(env.addr, &pki, None, Some(ALPHA)).await.is_none(),
         "a client without a certificate must not get through mTLS"
     );
     let audit = env.finish().await;

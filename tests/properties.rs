@@ -1,6 +1,7 @@
 //! Property tests for the request-target parser and the task policy: for
 //! arbitrary input, what is forwarded is one of the four routes, and the id
-//! is exactly one the caller may use.
+//! is exactly one the caller may use. Every target is routed twice: as an
+//! HTTP/1.1 request line and as an HTTP/2 `:path`, with the same outcome.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use ark_gateway::config::TaskGrants;
 use ark_gateway::forward::{upstream_target, upstream_uri};
 use ark_gateway::policy::{ListQuery, UpstreamQuery};
 use ark_gateway::route::{is_task_id, route, Operation, TaskId, TASKS_PATH};
-use http::{Method, Uri};
+use http::{Method, Uri, Version};
 use proptest::prelude::*;
 
 const BASE: &str = "https://ark.example/api/v3";
@@ -52,18 +53,18 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_route_to_one_of_four_paths_or_are_refused(method in methods(), bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-        let Ok(uri) = Uri::try_from(bytes.as_slice()) else { return Ok(()) };
-        if let Ok(routed) = route(&method, &uri) {
-            check_route(&method, &uri, routed.operation, routed.task_id.as_ref())?;
+        if let Ok(uri) = Uri::try_from(bytes.as_slice()) {
+            route_over_http1(&method, &uri)?;
         }
+        route_over_http2(&method, &bytes)?;
     }
 
     #[test]
     fn hostile_task_paths_forward_exactly_the_parsed_id(method in methods(), target in hostile_targets()) {
-        let Ok(uri) = Uri::try_from(target.as_str()) else { return Ok(()) };
-        if let Ok(routed) = route(&method, &uri) {
-            check_route(&method, &uri, routed.operation, routed.task_id.as_ref())?;
+        if let Ok(uri) = Uri::try_from(target.as_str()) {
+            route_over_http1(&method, &uri)?;
         }
+        route_over_http2(&method, target.as_bytes())?;
     }
 
     #[test]
@@ -98,6 +99,38 @@ proptest! {
             prop_assert_eq!(reparsed.task_ids.unwrap(), unique);
         }
     }
+}
+
+fn route_over_http1(method: &Method, uri: &Uri) -> Result<(), TestCaseError> {
+    if let Ok(routed) = route(method, uri, Version::HTTP_11) {
+        check_route(method, uri, routed.operation, routed.task_id.as_ref())?;
+    }
+    Ok(())
+}
+
+/// `path` as the `:path` of an HTTP/2 request (hyper folds `:scheme` and
+/// `:authority` into the URI): routed exactly as the same origin-form target
+/// in a request line, and checked like it.
+fn route_over_http2(method: &Method, path: &[u8]) -> Result<(), TestCaseError> {
+    let Ok(h2) = Uri::builder()
+        .scheme("https")
+        .authority("gateway.local:8443")
+        .path_and_query(path)
+        .build()
+    else {
+        return Ok(());
+    };
+    let over_h2 = route(method, &h2, Version::HTTP_2);
+    if let Ok(origin) = Uri::try_from(path) {
+        if origin.scheme().is_none() && origin.authority().is_none() {
+            let over_h1 = route(method, &origin, Version::HTTP_11);
+            prop_assert_eq!(format!("{over_h2:?}"), format!("{over_h1:?}"));
+        }
+    }
+    if let Ok(routed) = over_h2 {
+        check_route(method, &h2, routed.operation, routed.task_id.as_ref())?;
+    }
+    Ok(())
 }
 
 fn check_route(method: &Method, uri: &Uri, operation: Operation, id: Option<&TaskId>) -> Result<(), TestCaseError> {

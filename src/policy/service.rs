@@ -87,7 +87,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let routed = route(req.method(), req.uri())?;
+    let routed = route(req.method(), req.uri(), req.version())?;
     let tenant = req
         .extensions()
         .get::<Tenant>()

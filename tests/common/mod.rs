@@ -3,7 +3,9 @@
 //! and the audit records of a finished run.
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
