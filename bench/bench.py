@@ -268,6 +268,30 @@ def http_status_ok(port):
     return http(port, "GET", "/api/v3/contents/generations/tasks", TOKEN)[0] == 200
 
 
+def h2load(url, connections, seconds, token=TOKEN):
+    """HTTP/2 clients (h2c with prior knowledge), one stream in flight per
+    connection like wrk's connections; the same figures as `wrk`, the
+    percentiles from h2load's per-request log."""
+    threads = min(2, connections)
+    log = BENCH / "out" / f"h2load-{connections}.log"
+    cmd = ["h2load", f"-c{connections}", "-m1", f"-t{threads}", f"-D{seconds}", "--warm-up-time=0",
+           "-H", f"authorization: Bearer {token}", "--log-file", str(log), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx", out.stdout)
+    if out.returncode != 0 or not done or not codes:
+        raise RuntimeError(f"h2load failed: {out.stdout}\n{out.stderr}")
+    times = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") == 2)
+    log.unlink()
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] if times else 0
+    requests = int(done.group(2))
+    return {
+        "requests": requests, "duration_us": seconds * 1e6, "rps": requests / seconds,
+        "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "p999": pick(0.999),
+        "non2xx": requests - int(codes.group(1)), "socket_errors": int(done.group(5)),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a few seconds, writes only bench/out/")
@@ -318,6 +342,8 @@ def main():
             "nginx": (f"http://127.0.0.1:{setup.nginx_port}{path}", TOKEN, setup.nginx_pids),
             "floor": (f"http://127.0.0.1:{setup.floor_port}{path}", TOKEN, lambda: [setup.floor.pid]),
             "ark-gateway": (f"http://127.0.0.1:{setup.gateway_port}{path}", TOKEN, lambda: [setup.gateway.pid]),
+            # The same gateway and task, the clients on HTTP/2 (h2load, h2c).
+            "ark-gateway h2": (f"http://127.0.0.1:{setup.gateway_port}{path}", TOKEN, lambda: [setup.gateway.pid]),
             "ark-gateway+redis": (f"http://127.0.0.1:{setup.redis_gateway_port}{paths[setup.redis_gateway_port]}", TOKEN,
                                   # The gateway and redis-server: the cost of sharing state.
                                   lambda: [setup.redis_gateway.pid, setup.redis_proc.pid]),
@@ -330,7 +356,8 @@ def main():
                 for name in order[r % len(order):] + order[:r % len(order)]:
                     url, token, pids = targets[name]
                     (user0, kernel0) = cpu_split(pids())
-                    res = wrk(url, c, duration, token=token)
+                    client = h2load if name.endswith(" h2") else wrk
+                    res = client(url, c, duration, token=token)
                     (user1, kernel1) = cpu_split(pids())
                     res["proxy_user_s"], res["proxy_kernel_s"] = user1 - user0, kernel1 - kernel0
                     res["proxy_cpu_s"] = res["proxy_user_s"] + res["proxy_kernel_s"]
@@ -426,7 +453,7 @@ def render(r):
         "| path | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | user µs / req | kernel µs / req | req/s per round |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name in ("direct", "nginx", "floor", "ark-gateway", "ark-gateway+redis"):
+    for name in ("direct", "nginx", "floor", "ark-gateway", "ark-gateway h2", "ark-gateway+redis"):
         for c in r["levels"]:
             v = s[name][c]
             cpu = "-" if v["cpu_s_per_10k"] is None else f"{v['cpu_s_per_10k']:.3f}"
@@ -454,6 +481,9 @@ def render(r):
         f"p99 {r['creates']['p99']/1000:.2f} ms, {r['creates']['cpu_s_per_10k']:.3f} CPU s / 10k; "
         f"with the Redis ledger and limits (appendfsync always): {r['creates']['redis']['rps']:.0f} creates/s, "
         f"p99 {r['creates']['redis']['p99']/1000:.2f} ms.",
+        "",
+        "`ark-gateway h2`: the same gateway and task, the clients on HTTP/2 (h2load, plain-text HTTP/2 with prior "
+        "knowledge, one stream in flight per connection like wrk's connections; percentiles from h2load's request log).",
         "",
         "`ark-gateway+redis`: the same gateway with `store.backend = \"redis\"` and `rate_limit.backend = \"redis\"` "
         "(redis-server on a unix socket, appendonly yes, appendfsync always): one GCRA script and one ledger read per GET.",

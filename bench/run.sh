@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The benchmark: ark-gateway vs nginx vs direct, on loopback only.
+# The benchmark: ark-gateway (HTTP/1.1 and HTTP/2 clients) vs nginx vs direct, on loopback only.
 #   bench/run.sh           full run (a few minutes); writes bench/RESULTS.md and bench/results.json
 #   bench/run.sh --smoke   a few seconds; writes only bench/out/ (the test command runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then

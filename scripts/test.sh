@@ -12,13 +12,20 @@ step() { printf '\n==> %s\n' "$*"; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # Debian packages the tests need: redis-server for the multi-replica tests
-# (each test starts its own on a unix socket). The benchmark smoke installs
-# wrk and nginx itself.
-if ! command -v redis-server >/dev/null; then
-  step "installing redis-server from Debian"
+# (each test starts its own on a unix socket); curl and a JDK (Java's
+# java.net.http client, run as a single-file program) as real HTTP/2
+# clients; openssl to make the SDK tests' TLS certificates. The benchmark
+# smoke installs wrk, h2load and nginx itself.
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq redis-server >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 step "cargo fmt --check"

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -57,6 +58,47 @@ pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
 
 /// Largest request head accepted (request line + headers); hyper answers 431 beyond.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How long no request may have been in flight on a worker, once it drains,
+/// before its remaining connections are closed. HTTP/2's graceful close
+/// waits for the client to answer a PING after the first GOAWAY; an idle
+/// client that is not reading its socket (a synchronous one between calls)
+/// never does, and would hold the drain for all of `shutdown_grace`.
+const QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
+/// Requests being handled on one worker (its connections share one thread).
+#[derive(Default)]
+struct InFlight(AtomicUsize);
+
+/// One request in flight, until its response was produced.
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for [`QUIET_BEFORE_CLOSE`]
+    /// (which also leaves the last response time to be written out).
+    async fn quiet(&self) {
+        const CHECK: Duration = Duration::from_millis(100);
+        let mut quiet_for = Duration::ZERO;
+        while quiet_for < QUIET_BEFORE_CLOSE {
+            tokio::time::sleep(CHECK).await;
+            quiet_for = match self.0.load(Ordering::Relaxed) {
+                0 => quiet_for + CHECK,
+                _ => Duration::ZERO,
+            };
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Builds the rustls acceptor for `server.tls`.
 pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, rustls::Error> {
@@ -248,6 +290,7 @@ async fn serve_dealt<S>(
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let in_flight = Arc::new(InFlight::default());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -286,6 +329,7 @@ async fn serve_dealt<S>(
         tracing::trace!(peer = %peer, "connection accepted");
         let service = service.clone();
         let builder = builder.clone();
+        let in_flight = in_flight.clone();
         // Taken before the handshake, so a drain that starts meanwhile still reaches it.
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -303,7 +347,9 @@ async fn serve_dealt<S>(
             // now: a task's size is its future's largest state, and an inline
             // hyper connection would make every idle socket cost ~10 KB.
             let connection: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
-                None => Box::pin(serve_connection(builder, watcher, stream, peer, None, service)),
+                None => Box::pin(serve_connection(
+                    builder, watcher, stream, peer, None, service, in_flight,
+                )),
                 Some(acceptor) => Box::pin(async move {
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
@@ -316,7 +362,7 @@ async fn serve_dealt<S>(
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
-                    serve_connection(builder, watcher, stream, peer, cert, service).await
+                    serve_connection(builder, watcher, stream, peer, cert, service, in_flight).await
                 }),
             };
             connection.await;
@@ -330,6 +376,7 @@ async fn serve_dealt<S>(
     );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = in_flight.quiet() => tracing::info!("no request in flight; idle connections closed"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing remaining connections");
         }
@@ -344,6 +391,7 @@ async fn serve_connection<I, S>(
     peer: SocketAddr,
     cert: Option<PeerCertificate>,
     service: S,
+    in_flight: Arc<InFlight>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
@@ -362,12 +410,14 @@ async fn serve_connection<I, S>(
             req.extensions_mut().insert(cert.clone());
         }
         let mut stack = service.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = in_flight.enter();
         // The stack is always ready (capacity is refused in `call`, not
         // waited for); were it ever not, a clone is driven to readiness.
-        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+        let answer = match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
             _ => Either::Right(stack.clone().oneshot(req)),
-        }
+        };
+        answer.inspect(move |_| drop(guard))
     });
     let connection = builder.serve_connection(TokioIo::new(io), per_request);
     if let Err(e) = watcher.watch(connection.into_owned()).await {

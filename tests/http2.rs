@@ -284,3 +284,40 @@ async fn http1_early_refusals_keep_the_connection_usable() {
         .collect();
     assert_eq!(statuses, ["401", "200"], "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_client_that_is_not_reading_does_not_hold_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let mut env = TestEnv::start().await;
+    // A grace period no test waits out: the drain must end because nothing is in flight.
+    let text = env.config_text.replace(
+        "request_timeout = \"5s\"",
+        "request_timeout = \"5s\"\nshutdown_grace = \"1h\"",
+    );
+    env.write_config(text);
+    env.restart_gateway().await;
+    // One request on a raw connection, then the client reads nothing more
+    // (so it never answers the PING that HTTP/2's graceful close waits for).
+    let mut idle = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let block = common::h2::request_block(
+        "GET",
+        TASKS.as_bytes(),
+        &[("authorization", &format!("Bearer {ALPHA}"))],
+    );
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(common::h2::frame(0x4, 0, 0, &[]));
+    out.extend(common::h2::frame(0x1, 0x5, 1, &block));
+    idle.write_all(&out).await.unwrap();
+    // A second client whose request is answered shows the first was served too.
+    assert_eq!(
+        H2Client::h2c(env.addr)
+            .await
+            .call_as("GET", TASKS, ALPHA, None)
+            .await
+            .status,
+        200
+    );
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(120), env.stop_gateway()).await;
+    assert!(drained.is_ok(), "the drain waited on an idle HTTP/2 connection");
+    drop(idle);
+}

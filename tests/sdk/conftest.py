@@ -92,14 +92,14 @@ def mock_upstream():
     proc.stop()
 
 
-@pytest.fixture(scope="session")
-def gateway(mock_upstream, tmp_path_factory):
-    work = tmp_path_factory.mktemp("gateway")
+def start_gateway(work, mock_upstream, server_extra=""):
+    """A gateway process in `work` in front of the mock, with the test tenants."""
     config = work / "gateway.toml"
     config.write_text(
         f"""
 [server]
 listen = "127.0.0.1:0"
+{server_extra}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -124,10 +124,49 @@ path = "{work / 'audit.jsonl'}"
     )
     proc = Process([BIN, "run", "--config", str(config)], env={"SDK_TEST_ARK_KEY": UPSTREAM_KEY}, ready_marker="tenant listener ready")
     addr = proc.ready_line.split("addr=")[1].split()[0]
-    yield {"base_url": f"http://{addr}/api/v3", "process": proc, "audit": work / "audit.jsonl"}
+    return proc, addr
+
+
+def stop_gateway(proc, work):
     assert proc.stop() == 0, "the gateway must drain and exit 0 on SIGTERM"
     assert UPSTREAM_KEY not in "".join(proc.lines["stderr"]), "the Ark key reached the gateway's log"
     assert UPSTREAM_KEY not in (work / "audit.jsonl").read_text(), "the Ark key reached the audit trail"
+
+
+@pytest.fixture(scope="session")
+def gateway(mock_upstream, tmp_path_factory):
+    work = tmp_path_factory.mktemp("gateway")
+    proc, addr = start_gateway(work, mock_upstream)
+    yield {"base_url": f"http://{addr}/api/v3", "process": proc, "audit": work / "audit.jsonl"}
+    stop_gateway(proc, work)
+
+
+def make_certificates(work):
+    """A CA and a server certificate for localhost and 127.0.0.1, made with the openssl CLI."""
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=work)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=ark-gateway SDK test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (work / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return work / "server.pem", work / "server.key", work / "ca.pem"
+
+
+@pytest.fixture(scope="session")
+def tls_gateway(mock_upstream, tmp_path_factory):
+    """A gateway serving TLS (ALPN h2 and http/1.1) on localhost."""
+    work = tmp_path_factory.mktemp("tls-gateway")
+    cert, key, ca = make_certificates(work)
+    proc, addr = start_gateway(work, mock_upstream, f'[server.tls]\ncert = "{cert}"\nkey = "{key}"')
+    port = addr.rsplit(":", 1)[1]
+    yield {"base_url": f"https://localhost:{port}/api/v3", "ca": str(ca), "audit": work / "audit.jsonl"}
+    stop_gateway(proc, work)
 
 
 @pytest.fixture()
