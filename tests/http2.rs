@@ -287,7 +287,6 @@ async fn http1_early_refusals_keep_the_connection_usable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_client_that_is_not_reading_does_not_hold_the_drain() {
-    use tokio::io::AsyncWriteExt;
     let mut env = TestEnv::start().await;
     // A grace period no test waits out: the drain must end because nothing is in flight.
     let text = env.config_text.replace(
@@ -298,16 +297,14 @@ async fn an_idle_http2_client_that_is_not_reading_does_not_hold_the_drain() {
     env.restart_gateway().await;
     // One request on a raw connection, then the client reads nothing more
     // (so it never answers the PING that HTTP/2's graceful close waits for).
-    let mut idle = tokio::net::TcpStream::connect(env.addr).await.unwrap();
     let block = common::h2::request_block(
         "GET",
         TASKS.as_bytes(),
         &[("authorization", &format!("Bearer {ALPHA}"))],
     );
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(common::h2::frame(0x4, 0, 0, &[]));
-    out.extend(common::h2::frame(0x1, 0x5, 1, &block));
-    idle.write_all(&out).await.unwrap();
+    let idle = common::h2::open_raw(env.addr, &block)
+        .await
+        .expect("the request was sent");
     // A second client whose request is answered shows the first was served too.
     assert_eq!(
         H2Client::h2c(env.addr)

@@ -193,10 +193,10 @@ pub fn request_block(method: &str, path: &[u8], headers: &[(&str, &str)]) -> Vec
     block
 }
 
-/// Sends one request on a fresh plain-text HTTP/2 connection, with `block` as
-/// its header block (split into CONTINUATION frames where it must be) and no
-/// body, and reports how stream 1 was answered.
-pub async fn raw_request(addr: SocketAddr, block: &[u8]) -> RawAnswer {
+/// Opens a plain-text HTTP/2 connection and sends one request with `block` as
+/// its header block (split into CONTINUATION frames where it must be) and
+/// no body; `None` if the gateway closed the connection first.
+pub async fn open_raw(addr: SocketAddr, block: &[u8]) -> Option<TcpStream> {
     const MAX_FRAME: usize = 16_384;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -213,9 +213,15 @@ pub async fn raw_request(addr: SocketAddr, block: &[u8]) -> RawAnswer {
             _ => frame(0x9, last, 1, piece),       // CONTINUATION
         });
     }
-    if stream.write_all(&out).await.is_err() {
+    stream.write_all(&out).await.ok()?;
+    Some(stream)
+}
+
+/// Sends one request as [`open_raw`] does and reports how stream 1 was answered.
+pub async fn raw_request(addr: SocketAddr, block: &[u8]) -> RawAnswer {
+    let Some(mut stream) = open_raw(addr, block).await else {
         return RawAnswer::Reset;
-    }
+    };
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
