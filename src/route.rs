@@ -146,6 +146,12 @@ fn route_path(method: &Method, path: &str) -> Result<Route, GatewayError> {
     let Some(rest) = path.strip_prefix(TASKS_PATH).and_then(|rest| rest.strip_prefix('/')) else {
         return Err(GatewayError::NoRoute);
     };
+    // Deeper paths (`{id}/extra`, at any depth) are not routes: Ark answers
+    // an unknown path with 404, and so does the gateway. `{id}/` stays a
+    // malformed id.
+    if rest.split_once('/').is_some_and(|(_, deeper)| !deeper.is_empty()) {
+        return Err(GatewayError::NoRoute);
+    }
     // Exactly one segment of the id alphabet: this refuses empty segments,
     // trailing slashes, dot segments, percent-escapes, `;` parameters and
     // anything longer than 128 bytes.
@@ -224,6 +230,12 @@ mod tests {
             "//api/v3/contents/generations/tasks",
             "/api/v3/contents/generations/taskss",
             "/api/v3/contents/generations",
+            "/api/v3/contents/generations/tasks/cgt-1/extra",
+            "/api/v3/contents/generations/tasks/cgt-1/a/b/c",
+            "/api/v3/contents/generations/tasks/cgt-1/extra/",
+            "/api/v3/contents/generations/tasks//cgt-1",
+            "/api/v3/contents/generations/tasks/../tasks/cgt-1",
+            "/api/v3/contents/generations/tasks/%2e%2e/x",
         ] {
             assert!(
                 matches!(route_of(Method::GET, path), Err(GatewayError::NoRoute)),
@@ -233,12 +245,22 @@ mod tests {
     }
 
     #[test]
+    fn deeper_paths_under_a_task_are_404_whatever_the_method() {
+        for method in [Method::GET, Method::POST, Method::DELETE, Method::PUT] {
+            for path in ["cgt-1/extra", "cgt-1/a/b", "bad%2Fid/x"] {
+                let target = format!("{TASKS_PATH}/{path}");
+                let routed = route_of(method.clone(), &target);
+                assert!(matches!(routed, Err(GatewayError::NoRoute)), "{method} {target}: {routed:?}");
+            }
+        }
+    }
+
+    #[test]
     fn malformed_ids_are_400() {
         let long = "a".repeat(MAX_TASK_ID_LEN + 1);
         for id in [
             "",
             "cgt-1/",
-            "cgt-1/more",
             "..",
             ".",
             "%2e%2e",
@@ -247,7 +269,6 @@ mod tests {
             "a%5Cb",
             "cgt-1;v=1",
             "cgt-1.json",
-            "/cgt-1",
             long.as_str(),
         ] {
             let target = format!("{TASKS_PATH}/{id}");

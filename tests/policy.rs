@@ -255,9 +255,10 @@ async fn unknown_routes_methods_and_ids_are_refused_locally() {
         ),
         (
             "GET",
+            // More than one segment below the collection: not a route.
             "/api/v3/contents/generations/tasks/../tasks/cgt-static-alpha-1",
-            400,
-            "InvalidParameter",
+            404,
+            "NotFound",
         ),
         (
             "GET",
@@ -434,4 +435,25 @@ async fn headers_are_cleaned_both_ways() {
     assert_eq!(sent.header("user-agent"), Some("ark-test"));
     assert_ne!(reply.header("x-gateway-request-id"), Some("client-chosen"));
     assert!(reply.header("keep-alive").is_none() && reply.header("transfer-encoding").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_below_a_task_is_not_found_and_not_forwarded() {
+    let env = TestEnv::start().await;
+    let own = env.create(ALPHA).await;
+    let before = env.upstream_count();
+    for (method, path) in [
+        ("GET", format!("{TASKS}/{own}/extra")),
+        ("DELETE", format!("{TASKS}/{own}/a/b/c")),
+        ("POST", format!("{TASKS}/{own}/cancel")),
+    ] {
+        let reply = env.call(method, &path, Some(ALPHA), None).await;
+        assert_eq!(reply.status, 404, "{method} {path}");
+        assert_eq!(reply.error_code(), "NotFound");
+        assert_eq!(reply.json()["error"]["type"], "NotFound");
+    }
+    // A trailing slash is still a malformed id.
+    let reply = env.call("GET", &format!("{TASKS}/{own}/"), Some(ALPHA), None).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (400, "InvalidParameter"));
+    assert_eq!(env.upstream_count(), before, "a path that is not a route was forwarded");
 }
