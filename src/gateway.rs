@@ -209,15 +209,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         config.upstream.base_url.clone(),
         config.upstream.connect_timeout,
     )));
-    let reloader = config_path.map(|path| {
-        Arc::new(Reloader::new(
-            path,
-            env,
-            shared.clone(),
-            config.clone(),
-            metrics.clone(),
-        ))
-    });
+    let reloader = config_path.map(|path| Arc::new(Reloader::new(path, env, shared.clone(), metrics.clone())));
     if let Some(reloader) = &reloader {
         background.push(tokio::spawn(reloader.clone().watch(WATCH_EVERY)));
     }

@@ -250,7 +250,10 @@ mod tests {
             for path in ["cgt-1/extra", "cgt-1/a/b", "bad%2Fid/x"] {
                 let target = format!("{TASKS_PATH}/{path}");
                 let routed = route_of(method.clone(), &target);
-                assert!(matches!(routed, Err(GatewayError::NoRoute)), "{method} {target}: {routed:?}");
+                assert!(
+                    matches!(routed, Err(GatewayError::NoRoute)),
+                    "{method} {target}: {routed:?}"
+                );
             }
         }
     }

@@ -51,13 +51,18 @@ pub struct Reloader {
     path: PathBuf,
     env: SharedEnv,
     shared: SharedSnapshot,
-    /// The config the process started with, to warn about settings a reload cannot change.
-    started_with: Config,
+    /// The file the process started with, to warn about settings a reload cannot change.
+    started_with: toml::Table,
     metrics: Arc<Metrics>,
     /// Fingerprints of the files as last loaded (by SIGHUP, the watcher or at
     /// start), so the watcher reloads exactly when the files differ from the
     /// running configuration.
     loaded: Mutex<Vec<Option<[u8; 32]>>>,
+}
+
+/// The file's keys and values as written, if it parses.
+fn read_table(path: &std::path::Path) -> Option<toml::Table> {
+    toml::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
@@ -68,13 +73,8 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
 }
 
 impl Reloader {
-    pub fn new(
-        path: PathBuf,
-        env: SharedEnv,
-        shared: SharedSnapshot,
-        started_with: Config,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(path: PathBuf, env: SharedEnv, shared: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
+        let started_with = read_table(&path).unwrap_or_default();
         let reloader = Self {
             path,
             env,
@@ -103,8 +103,10 @@ impl Reloader {
                 return Err(e);
             }
         };
-        for setting in self.restart_only_changes(&config) {
-            tracing::warn!(setting, "changed in the file, but only takes effect after a restart");
+        if let Some(now) = read_table(&self.path) {
+            for setting in crate::config::restart_only_changes(&self.started_with, &now) {
+                tracing::warn!(setting, "changed in the file, but only takes effect after a restart");
+            }
         }
         let previous = self.shared.load();
         let next = Arc::new(Snapshot::from_config(&config, Some(&previous)));
@@ -115,39 +117,11 @@ impl Reloader {
         Ok(generation)
     }
 
-    fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        let old = &self.started_with;
-        let mut changed = Vec::new();
-        if old.server.listen != new.server.listen {
-            changed.push("server.listen");
-        }
-        if old.server.tls.is_some() != new.server.tls.is_some() {
-            changed.push("server.tls");
-        }
-        if old.admin.listen != new.admin.listen {
-            changed.push("admin.listen");
-        }
-        if old.upstream.base_url != new.upstream.base_url
-            || old.upstream.timeout != new.upstream.timeout
-            || old.upstream.connect_timeout != new.upstream.connect_timeout
-            || old.upstream.max_concurrent != new.upstream.max_concurrent
-        {
-            changed.push("upstream (other than the key)");
-        }
-        if old.store.path != new.store.path {
-            changed.push("store.path");
-        }
-        if old.audit.sink != new.audit.sink {
-            changed.push("audit.sink");
-        }
-        changed
-    }
-
     /// Files whose change triggers a reload: the config, and the key file if any.
     fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         if let Ok(text) = std::fs::read_to_string(&self.path) {
-            if let Ok(raw) = toml::from_str::<crate::config::raw::RawConfig>(&text) {
+            if let Ok((raw, _)) = crate::config::parse_raw(&text) {
                 if let Some(key_file) = raw.upstream.api_key_file {
                     files.push(PathBuf::from(key_file));
                 }

@@ -2,6 +2,7 @@
 //! types that cannot hold bad values. Validation walks the whole file and
 //! reports every problem, each with the key it concerns.
 
+mod keys;
 pub mod raw;
 mod validate;
 
@@ -19,6 +20,7 @@ use rustls_pki_types::CertificateDer;
 use crate::route::{Operation, TaskId};
 use crate::secret::ArkApiKey;
 
+pub use keys::{known_keys, reloads, restart_only_changes, Key, KeyKind};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// Where the process looks up `upstream.api_key_env`. Production passes the
@@ -267,8 +269,15 @@ pub struct TenantConfig {
 impl Config {
     /// Parses and validates TOML text. `env` resolves `upstream.api_key_env`.
     pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::parse(e, text))?;
-        validate::validate(raw, env)
+        let (raw, unknown) = parse_raw(text)?;
+        match validate::validate(raw, env) {
+            Ok(config) if unknown.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError { problems: unknown }),
+            Err(mut e) => {
+                e.problems.splice(0..0, unknown);
+                Err(e)
+            }
+        }
     }
 
     /// Reads, parses and validates a config file with the process environment.
@@ -281,6 +290,28 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("(file)", format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml_str(&text, env)
+    }
+}
+
+/// The file as written, with its unknown keys removed and reported (each with
+/// the nearest known key, or where a pasted secret belongs), so that they
+/// are listed together with every other problem rather than stopping at the first.
+pub(crate) fn parse_raw(text: &str) -> Result<(raw::RawConfig, Vec<ConfigProblem>), ConfigError> {
+    use serde::Deserialize;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::parse(e, text))?;
+    let unknown = keys::remove_unknown(&mut table);
+    // From the text where nothing was removed, so that a shape error keeps its line and column.
+    let parsed = match unknown.is_empty() {
+        true => toml::from_str(text),
+        false => raw::RawConfig::deserialize(toml::Value::Table(table)),
+    };
+    match parsed {
+        Ok(raw) => Ok((raw, unknown)),
+        Err(e) => {
+            let mut problems = unknown;
+            problems.extend(ConfigError::parse(e, text).problems);
+            Err(ConfigError { problems })
+        }
     }
 }
 
@@ -298,7 +329,7 @@ impl StoreView {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("(file)", format!("cannot read {}: {e}", path.display())))?;
-        let raw: raw::RawConfig = toml::from_str(&text).map_err(|e| ConfigError::parse(e, &text))?;
+        let (raw, _unknown) = parse_raw(&text)?;
         let redis = match (raw.store.backend.as_deref(), raw.store.url.as_deref()) {
             (Some("redis"), Some(url)) => Some((
                 crate::redis_backend::RedisUrl::parse(url).map_err(|e| ConfigError::single("store.url", e))?,

@@ -721,13 +721,11 @@ mod tests {
 
     #[test]
     fn syntax_errors_give_the_position_but_never_the_value() {
-        let text = "[upstream]\nbase_url = \"https://x\"\napi_key = \"sk-secret-1\"\n";
-        let err = crate::config::Config::from_toml_str(text, &|_| None).unwrap_err();
-        let shown = err.to_string();
-        assert!(
-            shown.contains("line 3, column 1") && shown.contains("api_key"),
-            "{shown}"
-        );
+        let text = "[upstream]\nbase_url = \"https://x\"\napi_key = [\"sk-secret-1\"\n";
+        let shown = crate::config::Config::from_toml_str(text, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains("line 4, column 1"), "{shown}");
         assert!(!shown.contains("sk-secret-1"), "{shown}");
         let text = "[upstream]\nbase_url = \"https://x\"\nmax_concurrent = \"sk-secret-2\"\n";
         let shown = crate::config::Config::from_toml_str(text, &|_| None)
@@ -735,6 +733,34 @@ mod tests {
             .to_string();
         assert!(shown.contains("max_concurrent") || shown.contains("line 3"), "{shown}");
         assert!(!shown.contains("sk-secret-2"), "{shown}");
+    }
+
+    #[test]
+    fn an_inline_key_is_told_where_it_belongs_and_never_shown() {
+        let text = "[upstream]\nbase_url = \"https://x\"\napi_key = \"sk-secret-1\"\n";
+        let err = crate::config::Config::from_toml_str(text, &|_| None).unwrap_err();
+        let shown = err.to_string();
+        assert!(err.mentions("upstream.api_key"), "{shown}");
+        assert!(shown.contains("upstream.api_key_file"), "{shown}");
+        assert!(!shown.contains("sk-secret-1"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_every_other_problem_and_a_suggestion() {
+        let text = "[server]\nlistn = \"127.0.0.1:1\"\nworkers = 0\n\n[upstream]\nbase_url = \"https://x\"\napi_key_env = \"K\"\n\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"00\"\nrate_limit = { per_second = 1, brust = 2 }\n";
+        let err = crate::config::Config::from_toml_str(text, &|_| Some("key".into())).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("server.listn: unknown key; did you mean `listen`?"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("tenant[0].rate_limit.brust: unknown key; did you mean `burst`?"),
+            "{shown}"
+        );
+        // The validation problems of the known keys are reported in the same run.
+        assert!(err.mentions("server.workers"), "{shown}");
+        assert!(err.problems.len() >= 4, "{shown}");
     }
 
     #[test]
