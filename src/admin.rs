@@ -77,7 +77,7 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub ledger: Arc<dyn Ledger>,
     /// The rate limiter's Redis, when limits are shared.
-    pub limiter_redis: Option<Arc<crate::redis_backend::Redis>>,
+    pub limiter_redis: Option<Arc<crate::backend::redis::Redis>>,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -16,13 +16,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Health};
 use crate::audit::{AuditSink, AuditWriter};
+use crate::backend::redis::{Redis, RedisDown};
 use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend};
 use crate::forward::{build_pool, Forward};
 use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPOTENCY_WINDOW};
 use crate::metrics::Metrics;
-use crate::rate_limit::{GlobalLimit, RateLimits, RedisLimiter};
-use crate::redis_backend::{Redis, RedisDown};
-use crate::runtime::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
+use crate::rate_limit::{GlobalLimit, LimiterBackend, RateLimits, RedisLimiter};
+use crate::reload::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
 use crate::stack::{self, StackParts};
 
 /// How often the config file (and key file) are checked for changes.
@@ -152,19 +152,22 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         .map(crate::server::tls_acceptor)
         .transpose()?;
     let health = Arc::new(Health::default());
-    let shared_limits = match &config.rate_limit {
-        RateLimitBackend::Local => None,
+    let backend = match &config.rate_limit {
+        RateLimitBackend::Local => LimiterBackend::Local,
         // One connection (and one outage count) per Redis: reuse the ledger's.
-        RateLimitBackend::Redis(url) => Some(Arc::new(RedisLimiter::new(
+        RateLimitBackend::Redis(url) => LimiterBackend::Redis(Arc::new(RedisLimiter::new(
             match (&config.store.backend, store_redis) {
                 (StoreBackend::Redis(store_url), Some(redis)) if store_url == url => redis,
                 _ => Redis::connect(url, &config.store.key_prefix, metrics.clone())?,
             },
         ))),
     };
-    let limiter_redis = shared_limits.as_ref().map(|l| l.redis().clone());
+    let limiter_redis = match &backend {
+        LimiterBackend::Redis(limiter) => Some(limiter.redis().clone()),
+        LimiterBackend::Local => None,
+    };
     let rate_limits = Arc::new(RateLimits {
-        shared: shared_limits,
+        backend,
         global: config.upstream.requests_per_minute.map(GlobalLimit::new),
     });
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));

@@ -170,7 +170,7 @@ fn tasks_command(config: &std::path::Path, action: TasksAction) -> ExitCode {
         Some((url, prefix)) => {
             let _guard = runtime.enter();
             let metrics = std::sync::Arc::new(ark_gateway::metrics::Metrics::new());
-            ark_gateway::redis_backend::Redis::connect(url, prefix, metrics)
+            ark_gateway::backend::redis::Redis::connect(url, prefix, metrics)
                 .map(|redis| {
                     Box::new(ark_gateway::ledger::RedisLedger::new(
                         redis,

@@ -6,9 +6,12 @@
 //!
 //! Besides the Ark paths it serves `GET /_mock/requests` (the record, as JSON)
 //! for tests that run it as a separate process.
+//!
+//! It shares no code with the gateway it stands in for (not its server, its
+//! list-query parser, its task statuses or its ordering): a stand-in that
+//! reused the code under test could not catch that code's bugs.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,9 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::ServerConfig;
-use crate::policy::{ListQuery, TaskStatus};
-use crate::route::TaskId;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::task::JoinSet;
 
 const TASKS: &str = "/api/v3/contents/generations/tasks";
 
@@ -100,6 +103,66 @@ pub struct MockUpstream {
     state: Arc<State>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+}
+
+/// A simulated task's status, as Ark spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Cancelled,
+}
+
+impl TaskStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A list call's parameters, read the way Ark documents them.
+#[derive(Default)]
+struct ListParams {
+    page_num: usize,
+    page_size: usize,
+    status: Option<String>,
+    model: Option<String>,
+    service_tier: Option<String>,
+    task_ids: Option<Vec<String>>,
+}
+
+impl ListParams {
+    fn parse(query: Option<&str>) -> Option<Self> {
+        let mut params = ListParams {
+            page_num: 1,
+            page_size: 10,
+            ..Default::default()
+        };
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let page = || value.parse::<usize>().ok().filter(|n| (1..=500).contains(n));
+            match &*name {
+                "page_num" => params.page_num = page()?,
+                "page_size" => params.page_size = page()?,
+                "filter.status" => params.status = Some(value.into_owned()),
+                "filter.model" => params.model = Some(value.into_owned()),
+                "filter.service_tier" => params.service_tier = Some(value.into_owned()),
+                "filter.task_ids" => params.task_ids.get_or_insert_with(Vec::new).push(value.into_owned()),
+                _ => return None,
+            }
+        }
+        Some(params)
+    }
 }
 
 fn unix_now() -> i64 {
@@ -301,7 +364,7 @@ fn route(
                 task.cancelled_at = Some(unix_now());
                 (StatusCode::OK, json!({}))
             }
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired => {
+            TaskStatus::Succeeded => {
                 tasks.remove(id);
                 (StatusCode::OK, json!({}))
             }
@@ -368,7 +431,7 @@ fn create(state: &State, body: &[u8], rid: &str) -> (StatusCode, Value) {
 }
 
 fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
-    let Ok(q) = ListQuery::parse(query) else {
+    let Some(q) = ListParams::parse(query) else {
         return error(
             StatusCode::BAD_REQUEST,
             "InvalidParameter",
@@ -379,20 +442,49 @@ fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
     };
     let opts = &state.options;
     let tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-    let wanted: Option<Vec<&str>> = q.task_ids.as_ref().map(|ids| ids.iter().map(TaskId::as_str).collect());
-    let mut items: Vec<Value> = tasks
+    let mut matching: Vec<&MockTask> = tasks
         .values()
-        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.id.as_str())))
-        .filter(|t| q.status.is_none_or(|s| t.status(opts) == s))
+        .filter(|t| q.task_ids.as_ref().is_none_or(|w| w.contains(&t.id)))
+        .filter(|t| q.status.as_ref().is_none_or(|s| t.status(opts).as_str() == s))
         .filter(|t| q.model.as_ref().is_none_or(|m| &t.model == m))
         .filter(|t| q.service_tier.as_ref().is_none_or(|s| &t.service_tier == s))
+        .collect();
+    // Newest first; the id breaks ties so that pages are stable.
+    matching.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let total = matching.len();
+    let page: Vec<Value> = matching
+        .into_iter()
+        .skip((q.page_num - 1) * q.page_size)
+        .take(q.page_size)
         .map(|t| t.to_json(opts))
         .collect();
-    crate::policy::sort_newest_first(&mut items);
-    let total = items.len();
-    let start = (q.page_num() as usize - 1) * q.page_size() as usize;
-    let page: Vec<Value> = items.into_iter().skip(start).take(q.page_size() as usize).collect();
     (StatusCode::OK, json!({"total": total, "items": page}))
+}
+
+/// Accepts and serves HTTP/1.1 and h2c until `stopped` resolves; then every
+/// connection is dropped.
+async fn serve(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::Receiver<()>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (builder, state) = (builder.clone(), state.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
 }
 
 impl MockUpstream {
@@ -409,34 +501,8 @@ impl MockUpstream {
             counter: AtomicU64::new(1),
             seed: u64::from_le_bytes(seed) | 1,
         });
-        let service_state = state.clone();
-        let service = tower::service_fn(move |req: Request<crate::request_body::RequestBody>| {
-            let state = service_state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        });
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ServerConfig {
-            listen: addr,
-            max_body_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(60),
-            header_read_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(1),
-            workers: std::num::NonZeroUsize::MIN,
-            tls: None,
-        };
-        let task = tokio::spawn(async move {
-            crate::server::serve(
-                listener,
-                None,
-                service,
-                &config,
-                async {
-                    let _ = stopped.await;
-                },
-                || {},
-            )
-            .await;
-        });
+        let task = tokio::spawn(serve(listener, state.clone(), stopped));
         Ok(Self {
             addr,
             state,

@@ -17,9 +17,9 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::policy::PolicyLayer;
 use crate::rate_limit::{RateLimitLayer, RateLimits};
+use crate::reload::SharedSnapshot;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::{GatewayResponse, RescueLayer};
-use crate::runtime::SharedSnapshot;
 
 /// What the stack is built from.
 pub struct StackParts {

@@ -309,11 +309,12 @@ async fn a_redis_outage_fails_closed_and_service_resumes_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_outcomes_in_the_redis_ledger() {
+    use ark_gateway::backend::redis::Redis;
+    use ark_gateway::config::RedisUrl;
     use ark_gateway::ledger::now_ms;
     use ark_gateway::ledger::{
         BeginOutcome, CreateFate, CreateIntent, Ledger, RedisLedger, TaskRecord, TaskSource, TaskState,
     };
-    use ark_gateway::redis_backend::{Redis, RedisUrl};
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
     let redis = Redis::connect(&RedisUrl::parse(&server.url()).unwrap(), "l:", Arc::new(Metrics::new())).unwrap();

@@ -1,7 +1,7 @@
 use tower::Layer;
 
 use super::AuthService;
-use crate::runtime::SharedSnapshot;
+use crate::reload::SharedSnapshot;
 
 #[derive(Clone)]
 pub struct AuthLayer {

@@ -4,6 +4,7 @@
 
 mod keys;
 pub mod raw;
+mod redis_url;
 mod validate;
 
 use std::collections::{BTreeSet, HashSet};
@@ -21,6 +22,7 @@ use crate::route::{Operation, TaskId};
 use crate::secret::ArkApiKey;
 
 pub use keys::{known_keys, reloads, restart_only_changes, Key, KeyKind};
+pub use redis_url::RedisUrl;
 pub use validate::{ConfigError, ConfigProblem};
 
 /// Where the process looks up `upstream.api_key_env`. Production passes the
@@ -50,7 +52,7 @@ pub enum RateLimitBackend {
     /// In this process (limits hold per replica).
     Local,
     /// Shared by every replica using this Redis.
-    Redis(crate::redis_backend::RedisUrl),
+    Redis(RedisUrl),
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +124,7 @@ pub enum StoreBackend {
     /// One redb file at `store.path`.
     Redb,
     /// Redis, shared by replicas.
-    Redis(crate::redis_backend::RedisUrl),
+    Redis(RedisUrl),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +323,7 @@ pub(crate) fn parse_raw(text: &str) -> Result<(raw::RawConfig, Vec<ConfigProblem
 pub struct StoreView {
     pub store_path: PathBuf,
     /// `Some` when `store.backend = "redis"`: (url, key prefix).
-    pub redis: Option<(crate::redis_backend::RedisUrl, String)>,
+    pub redis: Option<(RedisUrl, String)>,
     pub tenant_names: Vec<String>,
 }
 
@@ -332,7 +334,7 @@ impl StoreView {
         let (raw, _unknown) = parse_raw(&text)?;
         let redis = match (raw.store.backend.as_deref(), raw.store.url.as_deref()) {
             (Some("redis"), Some(url)) => Some((
-                crate::redis_backend::RedisUrl::parse(url).map_err(|e| ConfigError::single("store.url", e))?,
+                RedisUrl::parse(url).map_err(|e| ConfigError::single("store.url", e))?,
                 raw.store
                     .key_prefix
                     .clone()

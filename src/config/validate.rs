@@ -14,7 +14,6 @@ use rustls_pki_types::CertificateDer;
 
 use super::raw::{RawConfig, RawRateLimit, RawTenant};
 use super::*;
-use crate::redis_backend::RedisUrl;
 use crate::route::{is_task_id, Operation, TaskId};
 use crate::secret::ArkApiKey;
 

@@ -6,7 +6,7 @@ use http::Request;
 use tower::Service;
 
 use super::outbound_headers;
-use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::reload::{SharedSnapshot, Snapshot};
 
 #[derive(Clone)]
 pub struct InjectCredentialService<S> {

@@ -9,18 +9,14 @@
 //! and so that an `Idempotency-Key` is reserved), and the *ownership record*
 //! after it, committed before the tenant sees the new id.
 
-mod owner_cache;
-mod redb_store;
-mod redis_store;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use redb_store::{RedbLedger, StoreFaults};
-pub use redis_store::RedisLedger;
+pub use crate::backend::redb::{RedbLedger, StoreFaults};
+pub use crate::backend::redis::RedisLedger;
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);

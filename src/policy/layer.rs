@@ -4,7 +4,7 @@ use tower::Layer;
 
 use super::PolicyService;
 use crate::ledger::Ledger;
-use crate::runtime::SharedSnapshot;
+use crate::reload::SharedSnapshot;
 
 #[derive(Clone)]
 pub struct PolicyLayer {

@@ -14,7 +14,6 @@ mod service;
 
 pub use layer::PolicyLayer;
 pub use list::{ListQuery, TaskStatus};
-pub(crate) use service::sort_newest_first;
 pub use service::PolicyService;
 
 use std::time::Duration;

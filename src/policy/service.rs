@@ -19,10 +19,10 @@ use crate::audit::AuditNote;
 use crate::ledger::{
     now_ms, BeginOutcome, CreateFate, CreateIntent, Ledger, TaskRecord, TaskSource, TaskState, LIST_WINDOW,
 };
+use crate::reload::{SharedSnapshot, Snapshot};
 use crate::request_id::RequestId;
 use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{route, Operation, TaskId};
-use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
@@ -574,7 +574,7 @@ async fn fetch_items<S: Upstream>(
 }
 
 /// Ark lists newest first; ties are broken by id so pages are stable.
-pub(crate) fn sort_newest_first(items: &mut [serde_json::Value]) {
+fn sort_newest_first(items: &mut [serde_json::Value]) {
     fn key(v: &serde_json::Value) -> (i64, &str) {
         (
             v.get("created_at").and_then(|c| c.as_i64()).unwrap_or(0),

@@ -6,14 +6,13 @@
 
 mod layer;
 mod limiter;
-mod redis;
 mod service;
 
 use std::sync::Arc;
 
+pub use crate::backend::redis::RedisLimiter;
 pub use layer::RateLimitLayer;
 pub use limiter::TenantLimiter;
-pub use redis::RedisLimiter;
 pub use service::RateLimitService;
 
 use crate::config::RateLimitConfig;
@@ -21,15 +20,25 @@ use crate::config::RateLimitConfig;
 /// Everything the rate-limit layer checks, built once and shared.
 #[derive(Default)]
 pub struct RateLimits {
-    /// `Some`: tenant and global buckets live in Redis.
-    pub shared: Option<Arc<RedisLimiter>>,
+    /// Where the buckets live (`rate_limit.backend`).
+    pub backend: LimiterBackend,
     /// The shared Ark quota, if configured.
     pub global: Option<GlobalLimit>,
 }
 
+/// Where tenant and global buckets live, chosen like the ledger is.
+#[derive(Default)]
+pub enum LimiterBackend {
+    /// In this process: each tenant's own governor bucket (limits hold per replica).
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis(Arc<RedisLimiter>),
+}
+
 pub struct GlobalLimit {
     pub config: RateLimitConfig,
-    /// Used when `shared` is `None`.
+    /// Used with [`LimiterBackend::Local`].
     pub local: TenantLimiter,
 }
 

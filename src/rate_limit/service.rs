@@ -7,7 +7,7 @@ use futures_util::future::Either;
 use http::Request;
 use tower::Service;
 
-use super::RateLimits;
+use super::{LimiterBackend, RateLimits};
 use crate::rescue::{GatewayError, GatewayResponse};
 use crate::tenant::Tenant;
 
@@ -39,7 +39,7 @@ where
             // Only reachable if the stack were assembled without authentication.
             return Either::Left(ready(Err(GatewayError::UnknownCredential)));
         };
-        let Some(redis) = self.limits.shared.clone() else {
+        let LimiterBackend::Redis(redis) = &self.limits.backend else {
             // In-process buckets: decided here, with no await.
             if let Err(retry_after) = tenant.limiter.check() {
                 return Either::Left(ready(Err(GatewayError::TenantRateLimited { retry_after })));
@@ -54,7 +54,7 @@ where
         // Shared buckets: one Redis round trip per bucket, then the inner
         // service that was polled ready. (The local path above only borrows
         // the tenant: its reference count is a cache line every worker writes.)
-        let tenant = tenant.clone();
+        let (tenant, redis) = (tenant.clone(), redis.clone());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();

@@ -16,8 +16,11 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::owner_cache::OwnerCache;
-use super::*;
+mod owner_cache;
+
+use owner_cache::OwnerCache;
+
+use crate::ledger::*;
 
 /// task id → [`TaskRecord`] (JSON).
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::*;
-use crate::redis_backend::{Redis, RedisDown};
+use super::{Redis, RedisDown};
+use crate::ledger::*;
 
 /// Reserve an Idempotency-Key and record the intent, atomically; or return
 /// the key's current state.

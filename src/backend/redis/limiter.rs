@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Redis, RedisDown};
 use crate::config::{RateLimitConfig, RatePeriod};
-use crate::redis_backend::{Redis, RedisDown};
 
 /// `KEYS[1]`: the bucket; `ARGV[1]`: emission interval (ms); `ARGV[2]`: burst
 /// tolerance (ms). Returns `{1, 0}` (allowed) or `{0, ms to wait}`.

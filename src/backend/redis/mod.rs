@@ -1,4 +1,5 @@
-//! One Redis connection shared by the Redis-backed ledger and rate limits.
+//! The Redis backend, for several replicas: one connection shared by the
+//! Redis ledger ([`ledger`]) and the Redis rate limiter ([`limiter`]).
 //!
 //! The connection manager reconnects in the background; every command has
 //! short connect and response time-outs, so that a dead Redis makes requests
@@ -12,54 +13,14 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::config::RedisUrl;
 use crate::metrics::Metrics;
 
-/// A Redis URL whose `Debug`/`Display` hide any password it carries.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
+mod ledger;
+mod limiter;
 
-impl RedisUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let scheme = url.split("://").next().unwrap_or_default();
-        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err("must start with redis://, rediss:// (TLS) or redis+unix://".into());
-        }
-        redis::Client::open(url).map_err(|e| format!("is not a usable Redis URL: {}", e.kind_str()))?;
-        Ok(Self(url.to_string()))
-    }
-
-    fn redacted(&self) -> String {
-        match self.0.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://[redacted]@{host}"),
-                None => self.0.clone(),
-            },
-            None => "[redacted]".into(),
-        }
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-trait KindStr {
-    fn kind_str(&self) -> String;
-}
-
-impl KindStr for redis::RedisError {
-    fn kind_str(&self) -> String {
-        format!("{:?}", self.kind())
-    }
-}
+pub use ledger::RedisLedger;
+pub use limiter::RedisLimiter;
 
 /// The shared connection and its health.
 pub struct Redis {
@@ -90,9 +51,9 @@ impl Redis {
     pub fn connect(url: &RedisUrl, prefix: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisDown> {
         let down = |e: redis::RedisError| RedisDown {
             url: url.to_string(),
-            kind: e.kind_str(),
+            kind: format!("{:?}", e.kind()),
         };
-        let client = redis::Client::open(url.0.as_str()).map_err(down)?;
+        let client = redis::Client::open(url.as_str()).map_err(down)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))
@@ -132,7 +93,7 @@ impl Redis {
             Err(e) => {
                 let err = RedisDown {
                     url: self.url.to_string(),
-                    kind: e.kind_str(),
+                    kind: format!("{:?}", e.kind()),
                 };
                 // A script or type error is a bug, not an outage; still fail closed.
                 if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
