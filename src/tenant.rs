@@ -68,10 +68,6 @@ pub fn token_sha256(token: &[u8]) -> [u8; 32] {
 }
 
 impl TenantDirectory {
-    pub fn from_config(tenants: &[TenantConfig]) -> Self {
-        Self::from_config_reusing(tenants, &TenantDirectory::default())
-    }
-
     /// Builds the directory for a new configuration. A tenant that keeps its
     /// name and its rate limit keeps its limiter, so a reload neither refills
     /// nor empties anyone's bucket.

@@ -324,6 +324,8 @@ pub struct StoreView {
     pub store_path: PathBuf,
     /// `Some` when `store.backend = "redis"`: (url, key prefix).
     pub redis: Option<(RedisUrl, String)>,
+    /// `store.retention`: how long a Redis ownership record lives.
+    pub retention: Duration,
     pub tenant_names: Vec<String>,
 }
 
@@ -342,8 +344,12 @@ impl StoreView {
             )),
             _ => None,
         };
+        let retention = raw.store.retention.as_deref().unwrap_or(validate::DEFAULT_RETENTION);
+        let retention = humantime::parse_duration(retention)
+            .map_err(|e| ConfigError::single("store.retention", format!("{retention:?} is not a duration: {e}")))?;
         Ok(Self {
             redis,
+            retention,
             store_path: PathBuf::from(raw.store.path.as_deref().unwrap_or(validate::DEFAULT_STORE_PATH)),
             tenant_names: raw.tenants.into_iter().filter_map(|t| t.name).collect(),
         })

@@ -97,6 +97,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const MIB: i64 = 1024 * 1024;
 pub(super) const DEFAULT_STORE_PATH: &str = "data/ark-gateway.redb";
+pub(super) const DEFAULT_RETENTION: &str = "30d";
 
 #[derive(Default)]
 struct Problems(Vec<ConfigProblem>);
@@ -273,7 +274,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             .clone()
             .unwrap_or_else(|| "ark-gateway:".to_string()),
         path: PathBuf::from(raw.store.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
-        retention: p.duration("store.retention", raw.store.retention.as_deref(), "30d"),
+        retention: p.duration("store.retention", raw.store.retention.as_deref(), DEFAULT_RETENTION),
     };
 
     let audit = AuditConfig {

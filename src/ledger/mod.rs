@@ -72,7 +72,6 @@ pub struct OwnedTask {
     pub task_id: String,
     pub model: Option<String>,
     pub created_ms: u64,
-    pub state: TaskState,
 }
 
 /// A create about to be forwarded.

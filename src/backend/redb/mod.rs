@@ -625,7 +625,6 @@ impl Ledger for RedbLedger {
                         task_id: task_id.to_string(),
                         model,
                         created_ms,
-                        state,
                     });
                 }
             }

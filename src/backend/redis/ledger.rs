@@ -311,7 +311,6 @@ impl Ledger for RedisLedger {
                     task_id: r.task_id,
                     model: r.model,
                     created_ms: r.created_ms,
-                    state: r.state,
                 })
                 .collect())
         })

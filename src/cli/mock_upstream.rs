@@ -1,0 +1,55 @@
+//! `ark-gateway mock-upstream`: the simulated Ark tasks API, as a process.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ark_gateway::mock_upstream::{MockOptions, MockUpstream};
+use tokio::net::TcpListener;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:9800")]
+    listen: SocketAddr,
+    #[arg(long)]
+    api_key: String,
+    /// How long a new task stays queued.
+    #[arg(long, default_value = "2s", value_parser = super::duration)]
+    queued_for: Duration,
+    /// How long it then runs before it succeeds.
+    #[arg(long, default_value = "3s", value_parser = super::duration)]
+    running_for: Duration,
+    /// Delay before every answer (a slow upstream).
+    #[arg(long, default_value = "0s", value_parser = super::duration)]
+    delay: Duration,
+    /// Do not keep a copy of each request (benchmarks).
+    #[arg(long)]
+    no_record: bool,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    super::init_logging();
+    super::runtime().block_on(async {
+        let listener = match TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot bind {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let options = MockOptions {
+            api_key: args.api_key,
+            queued_for: args.queued_for,
+            running_for: args.running_for,
+            delay: args.delay,
+            record: !args.no_record,
+        };
+        let mock = MockUpstream::start(listener, options).expect("a bound listener has an address");
+        println!("mock-upstream listening on {}", mock.base_url());
+        let _ = std::io::stdout().flush();
+        super::stop_signal().await;
+        mock.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
