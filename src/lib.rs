@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod hop;

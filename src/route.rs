@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use http::{Method, Uri, Version};
 
-use crate::rescue::GatewayError;
+use crate::error::GatewayError;
 
 /// The path prefix tenants call, identical to Ark's.
 pub const TASKS_PATH: &str = "/api/v3/contents/generations/tasks";

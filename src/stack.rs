@@ -11,6 +11,7 @@ use tower::{Service, ServiceBuilder};
 use crate::audit::{AuditLayer, AuditSink};
 use crate::auth::AuthLayer;
 use crate::config::OnAuditFailure;
+use crate::error::GatewayResponse;
 use crate::forward::Forward;
 use crate::inject::InjectCredentialLayer;
 use crate::ledger::Ledger;
@@ -19,7 +20,7 @@ use crate::policy::PolicyLayer;
 use crate::rate_limit::{RateLimitLayer, RateLimits};
 use crate::reload::SharedSnapshot;
 use crate::request_id::RequestIdLayer;
-use crate::rescue::{GatewayResponse, RescueLayer};
+use crate::rescue::RescueLayer;
 
 /// What the stack is built from.
 pub struct StackParts {

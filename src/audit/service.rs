@@ -10,9 +10,9 @@ use tower::Service;
 
 use super::{timestamp, AuditNote, AuditRecord, AuditSink, Decision};
 use crate::config::OnAuditFailure;
+use crate::error::{GatewayError, GatewayResponse};
 use crate::metrics::WorkerMetrics;
 use crate::request_id::RequestId;
-use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::RemoteAddr;
 
 #[derive(Debug, Clone)]

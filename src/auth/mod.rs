@@ -11,7 +11,7 @@ pub use service::AuthService;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
-use crate::rescue::GatewayError;
+use crate::error::GatewayError;
 
 /// Longest token accepted; longer headers are malformed, not hashed.
 pub const MAX_TOKEN_LEN: usize = 4096;

@@ -8,8 +8,8 @@ use tower::Service;
 
 use super::bearer_token;
 use crate::audit::AuditNote;
+use crate::error::{GatewayError, GatewayResponse};
 use crate::reload::{SharedSnapshot, Snapshot};
-use crate::rescue::{GatewayError, GatewayResponse};
 use crate::server::PeerCertificate;
 use crate::tenant::Tenant;
 

@@ -14,10 +14,10 @@ use super::{ExchangeError, UpstreamPool};
 use crate::admin::Health;
 use crate::audit::AuditNote;
 use crate::config::UpstreamConfig;
+use crate::error::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::hop::strip_hop_by_hop;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::policy::UpstreamQuery;
-use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{Operation, TaskId, UPSTREAM_TASKS_PATH};
 
 /// Sends requests to Ark. Cheap to clone: everything is shared.

@@ -9,7 +9,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 
-use crate::rescue::GatewayError;
+use crate::error::GatewayError;
 use crate::tenant::Tenant;
 
 /// Reads at most `limit` bytes of body within `timeout`. A declared length over

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::rescue::GatewayError;
+use crate::error::GatewayError;
 use crate::route::TaskId;
 
 /// Most ids sent upstream in one list call, keeping every upstream URL

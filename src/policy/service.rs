@@ -16,12 +16,12 @@ use super::create::{check_create_body, idempotency_key, read_body};
 use super::list::IDS_PER_UPSTREAM_CALL;
 use super::{ListQuery, PolicyLimits, UpstreamQuery};
 use crate::audit::AuditNote;
+use crate::error::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::ledger::{
     now_ms, BeginOutcome, CreateFate, CreateIntent, Ledger, TaskRecord, TaskSource, TaskState, LIST_WINDOW,
 };
 use crate::reload::{SharedSnapshot, Snapshot};
 use crate::request_id::RequestId;
-use crate::rescue::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::route::{route, Operation, TaskId};
 use crate::tenant::Tenant;
 

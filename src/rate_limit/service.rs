@@ -8,7 +8,7 @@ use http::Request;
 use tower::Service;
 
 use super::{LimiterBackend, RateLimits};
-use crate::rescue::{GatewayError, GatewayResponse};
+use crate::error::{GatewayError, GatewayResponse};
 use crate::tenant::Tenant;
 
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use http::Request;
 use tower::Service;
 
 use super::{RequestId, GATEWAY_REQUEST_ID};
-use crate::rescue::GatewayResponse;
+use crate::error::GatewayResponse;
 
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
