@@ -1,13 +1,24 @@
-//! Reading and checking a create body.
+//! Create: the body is read (bounded) and checked, the create is reserved
+//! durably in the ledger, forwarded, and its owner recorded before the
+//! tenant gets its answer.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http::HeaderMap;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::Deserialize;
+use tower::ServiceExt;
+
+use super::service::{json_response, upstream_request, Upstream};
+use crate::audit::AuditNote;
+use crate::error::{GatewayResponse, UpstreamFailure};
+use crate::ledger::{now_ms, BeginOutcome, CreateFate, CreateIntent, Ledger, TaskRecord, TaskSource, TaskState};
+use crate::request_id::RequestId;
+use crate::route::{Operation, TaskId};
 
 use crate::error::GatewayError;
 use crate::tenant::Tenant;
@@ -77,4 +88,113 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayErr
         return Err(GatewayError::InvalidIdempotencyKey);
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+#[derive(Deserialize)]
+struct CreatedTask {
+    id: String,
+}
+
+/// Create: reserve (durably) → forward → record the owner (durably) → answer.
+pub(super) async fn create<S: Upstream>(
+    inner: S,
+    ledger: &dyn Ledger,
+    tenant: &Tenant,
+    note: &AuditNote,
+    parts: Parts,
+    body: Bytes,
+    model: String,
+) -> Result<GatewayResponse, GatewayError> {
+    let intent = CreateIntent {
+        intent_id: parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate)
+            .as_str()
+            .to_string(),
+        tenant: tenant.name.as_str().to_string(),
+        idempotency_key: idempotency_key(&parts.headers)?,
+        at_ms: now_ms(),
+    };
+    let client_request_id = crate::audit::recorded_id(&parts.headers, &crate::audit::X_CLIENT_REQUEST_ID);
+    match ledger.begin_create(intent.clone()).await {
+        Err(e) => {
+            tracing::error!(error = %e, "ledger unavailable; refusing create before forwarding");
+            return Err(GatewayError::LedgerUnavailable);
+        }
+        Ok(BeginOutcome::Conflict) => return Err(GatewayError::IdempotencyConflict),
+        Ok(BeginOutcome::Replay { task_id }) => {
+            note.record(|facts| {
+                facts.task_id = TaskId::parse(&task_id);
+                facts.answered_locally = true;
+            });
+            let mut response = json_response(&serde_json::json!({ "id": task_id }));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        Ok(BeginOutcome::Begun) => {}
+    }
+
+    let result = inner
+        .oneshot(upstream_request(parts, Operation::Create, None, None, body))
+        .await;
+    let response = match result {
+        Ok(response) if response.status() == StatusCode::OK => response,
+        Ok(refused) => {
+            // Ark refused: nothing was created, so the key is free again.
+            abandon(ledger, intent, CreateFate::Failed).await;
+            return Ok(refused);
+        }
+        Err(e) => {
+            let fate = match e {
+                GatewayError::UpstreamTimeout { fate_unknown: true }
+                | GatewayError::UpstreamUnavailable { fate_unknown: true, .. } => CreateFate::Unknown,
+                _ => CreateFate::Failed,
+            };
+            abandon(ledger, intent, fate).await;
+            return Err(e);
+        }
+    };
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let created = serde_json::from_slice::<CreatedTask>(&body)
+        .ok()
+        .and_then(|c| TaskId::parse(&c.id));
+    let Some(task_id) = created else {
+        tracing::error!(tenant = %tenant.name, "upstream answered a create with 200 but no valid task id");
+        abandon(ledger, intent, CreateFate::Unknown).await;
+        return Err(GatewayError::UpstreamUnavailable {
+            kind: UpstreamFailure::Protocol,
+            fate_unknown: true,
+        });
+    };
+    let record = TaskRecord {
+        task_id: task_id.as_str().to_string(),
+        tenant: tenant.name.as_str().to_string(),
+        model: Some(model),
+        created_ms: intent.at_ms,
+        client_request_id,
+        state: TaskState::Active,
+        source: TaskSource::Created,
+    };
+    note.record(|facts| facts.task_id = Some(task_id.clone()));
+    if let Err(e) = ledger.complete_create(intent, record).await {
+        tracing::error!(
+            error = %e,
+            tenant = %tenant.name,
+            task_id = %task_id,
+            "task created upstream but its owner could not be recorded; grant it with `ark-gateway tasks grant`"
+        );
+        return Err(GatewayError::OwnershipNotRecorded);
+    }
+    Ok(Response::from_parts(head, Full::new(body)))
+}
+
+async fn abandon(ledger: &dyn Ledger, intent: CreateIntent, fate: CreateFate) {
+    if let Err(e) = ledger.abandon_create(intent, fate).await {
+        tracing::warn!(error = %e, "could not settle a create intent in the ledger");
+    }
 }

@@ -1,221 +1,389 @@
-//! List queries: parsed strictly from the tenant's query string, then narrowed
-//! to the tenant's own task ids before anything is sent upstream.
+//! List: which tasks a tenant may see, how the answer is planned (a pure
+//! function of the candidates and the query, tested without HTTP), and
+//! carrying the plan out against Ark.
 
-use std::fmt;
+use std::collections::HashMap;
 
-use crate::error::GatewayError;
-use crate::route::TaskId;
+use bytes::Bytes;
+use http::request::Parts;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::Value;
+use tower::ServiceExt;
 
-/// Most ids sent upstream in one list call, keeping every upstream URL
-/// bounded (100 ids is about 4 KB of query string).
-pub const IDS_PER_UPSTREAM_CALL: usize = 100;
-/// Ark's default page size when the client sends none.
-pub const DEFAULT_PAGE_SIZE: u32 = 10;
-const MAX_PAGE: u32 = 500;
-const MAX_FILTER_LEN: usize = 256;
+use super::list_query::IDS_PER_UPSTREAM_CALL;
+use super::service::{copy_parts, json_response, upstream_request, Upstream};
+use super::{ListQuery, UpstreamQuery};
+use crate::audit::AuditNote;
+use crate::error::{GatewayError, GatewayResponse, UpstreamFailure};
+use crate::ledger::{now_ms, Ledger, LIST_WINDOW};
+use crate::route::{Operation, TaskId};
+use crate::tenant::Tenant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Expired,
+/// A task a list may show. `created_ms` is set for tasks the ledger holds
+/// (whose existence and creation time the gateway knows); static grants from
+/// the config have neither, and only Ark can say whether they exist.
+#[derive(Debug, Clone)]
+pub(super) struct Candidate {
+    pub(super) id: TaskId,
+    pub(super) model: Option<String>,
+    pub(super) created_ms: Option<u64>,
 }
 
-impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
-        Self::Queued,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-        Self::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
+/// The tasks a list may show, newest first: those the tenant created through
+/// the gateway (within Ark's list window), then its exact static grants. With
+/// `filter.task_ids`, only those of the given ids the tenant may see.
+pub(super) async fn list_candidates(
+    ledger: &dyn Ledger,
+    tenant: &Tenant,
+    query: &ListQuery,
+) -> Result<Vec<Candidate>, GatewayError> {
+    let since = now_ms().saturating_sub(LIST_WINDOW.as_millis() as u64);
+    let owned = ledger.owned_tasks(tenant.name.as_str(), since).await.map_err(|e| {
+        tracing::error!(error = %e, "ledger read failed; refusing list");
+        GatewayError::LedgerUnavailable
+    })?;
+    let mut candidates: Vec<Candidate> = owned
+        .into_iter()
+        .filter_map(|t| {
+            Some(Candidate {
+                id: TaskId::parse(&t.task_id)?,
+                model: t.model,
+                created_ms: Some(t.created_ms),
+            })
+        })
+        .collect();
+    let mut granted: Vec<&TaskId> = tenant.grants.exact.iter().collect();
+    granted.sort();
+    for id in granted {
+        if !candidates.iter().any(|c| &c.id == id) {
+            candidates.push(Candidate {
+                id: id.clone(),
+                model: None,
+                created_ms: None,
+            });
         }
     }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
-
-impl fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A validated list query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListQuery {
-    pub page_num: Option<u32>,
-    pub page_size: Option<u32>,
-    pub status: Option<TaskStatus>,
-    pub model: Option<String>,
-    pub service_tier: Option<String>,
-    /// `None`: no id filter; `Some`: only these ids (in the order given, deduplicated).
-    pub task_ids: Option<Vec<TaskId>>,
-}
-
-fn invalid(param: &str, reason: &'static str) -> GatewayError {
-    GatewayError::InvalidQuery {
-        param: param.to_string(),
-        reason,
-    }
-}
-
-impl ListQuery {
-    /// Parses the query string exactly as the official SDKs send it. Unknown
-    /// parameters and repeated scalars are refused rather than guessed at.
-    pub fn parse(query: Option<&str>) -> Result<Self, GatewayError> {
-        let mut q = ListQuery::default();
-        let Some(query) = query else { return Ok(q) };
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match &*key {
-                "page_num" => set_once(&mut q.page_num, "page_num", parse_page(&value, "page_num")?)?,
-                "page_size" => set_once(&mut q.page_size, "page_size", parse_page(&value, "page_size")?)?,
-                "filter.status" => {
-                    let status = TaskStatus::parse(&value).ok_or_else(|| {
-                        invalid(
-                            "filter.status",
-                            "expected queued, running, succeeded, failed, cancelled or expired",
-                        )
-                    })?;
-                    set_once(&mut q.status, "filter.status", status)?
+    if let Some(wanted) = &query.task_ids {
+        let known: HashMap<&TaskId, &Candidate> = candidates.iter().map(|c| (&c.id, c)).collect();
+        let mut narrowed = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            if let Some(c) = known.get(id) {
+                narrowed.push((*c).clone());
+            } else if tenant.grants.allows(id) {
+                narrowed.push(Candidate {
+                    id: id.clone(),
+                    model: None,
+                    created_ms: None,
+                });
+            } else if let Ok(Some(record)) = ledger.owner_of(id.as_str()).await {
+                // Owned, but older than the window or deleted: Ark decides.
+                if record.tenant == tenant.name.as_str() {
+                    narrowed.push(Candidate {
+                        id: id.clone(),
+                        model: record.model,
+                        created_ms: None,
+                    });
                 }
-                "filter.model" => set_once(&mut q.model, "filter.model", filter_text(&value, "filter.model")?)?,
-                "filter.service_tier" => set_once(
-                    &mut q.service_tier,
-                    "filter.service_tier",
-                    filter_text(&value, "filter.service_tier")?,
-                )?,
-                "filter.task_ids" => {
-                    let id = TaskId::parse(&value).ok_or_else(|| invalid("filter.task_ids", "not a task id"))?;
-                    let ids = q.task_ids.get_or_insert_with(Vec::new);
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-                _ => return Err(invalid(&key.chars().take(64).collect::<String>(), "unknown parameter")),
             }
         }
-        Ok(q)
+        candidates = narrowed;
     }
-
-    pub fn page_num(&self) -> u32 {
-        self.page_num.unwrap_or(1)
+    if let Some(model) = &query.model {
+        // Known models are filtered here; unknown ones (grants) are left to Ark.
+        candidates.retain(|c| c.model.as_ref().is_none_or(|m| m == model));
     }
+    Ok(candidates)
+}
 
-    pub fn page_size(&self) -> u32 {
-        self.page_size.unwrap_or(DEFAULT_PAGE_SIZE)
+/// How a list is answered. Never more than [`IDS_PER_UPSTREAM_CALL`] ids go
+/// into one upstream URL.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ListPlan {
+    /// Nothing the tenant may see: `{"total": 0, "items": []}`, answered here.
+    Empty,
+    /// Up to [`IDS_PER_UPSTREAM_CALL`] ids: one call with the client's paging
+    /// and filters; Ark filters, counts and pages, and its answer passes through.
+    OneCall(Vec<TaskId>),
+    /// More, with a filter only Ark can decide (status, service tier): all
+    /// ids are asked for in chunks; the gateway merges, counts and pages.
+    /// Cost grows with the tenant's task count.
+    AskArkForAll(Vec<TaskId>),
+    /// More, with no such filter: the ledger's tasks (newest first, with
+    /// their creation time) are counted and ordered here; Ark is asked about
+    /// `remote` (static grants, and tasks of unknown model under a model
+    /// filter), and then only about the requested page's tasks.
+    CountHere {
+        local: Vec<(u64, TaskId)>,
+        remote: Vec<TaskId>,
+    },
+}
+
+/// Decides how to answer a list over `candidates`.
+pub(super) fn plan(candidates: Vec<Candidate>, query: &ListQuery) -> ListPlan {
+    if candidates.is_empty() {
+        return ListPlan::Empty;
     }
+    if candidates.len() <= IDS_PER_UPSTREAM_CALL {
+        return ListPlan::OneCall(candidates.into_iter().map(|c| c.id).collect());
+    }
+    if query.status.is_some() || query.service_tier.is_some() {
+        return ListPlan::AskArkForAll(candidates.into_iter().map(|c| c.id).collect());
+    }
+    // Known to the ledger (and, with a model filter, of a known model): counted here.
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for c in candidates {
+        match c.created_ms {
+            Some(created_ms) if query.model.is_none() || c.model.is_some() => local.push((created_ms, c.id)),
+            _ => remote.push(c.id),
+        }
+    }
+    ListPlan::CountHere { local, remote }
+}
 
-    /// The upstream query for `ids`, with the given paging and this query's filters.
-    pub fn upstream_query(&self, ids: &[TaskId], page_num: u32, page_size: u32) -> String {
-        let mut out = form_urlencoded::Serializer::new(String::with_capacity(64 + ids.len() * 44));
-        out.append_pair("page_num", &page_num.to_string());
-        out.append_pair("page_size", &page_size.to_string());
-        if let Some(status) = self.status {
-            out.append_pair("filter.status", status.as_str());
-        }
-        if let Some(model) = &self.model {
-            out.append_pair("filter.model", model);
-        }
-        if let Some(tier) = &self.service_tier {
-            out.append_pair("filter.service_tier", tier);
-        }
-        for id in ids {
-            out.append_pair("filter.task_ids", id.as_str());
-        }
-        out.finish()
+/// One page of a [`ListPlan::CountHere`] list, once Ark has said which of
+/// the remote tasks exist (`fetched`, with their items).
+#[derive(Debug, PartialEq)]
+pub(super) struct CountedPage {
+    pub(super) total: usize,
+    /// The page's tasks, newest first, with their item where Ark already sent it.
+    pub(super) entries: Vec<(TaskId, Option<Value>)>,
+}
+
+impl CountedPage {
+    /// The page's tasks Ark still has to be asked about.
+    pub(super) fn missing(&self) -> Vec<TaskId> {
+        self.entries
+            .iter()
+            .filter(|(_, item)| item.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 
-fn set_once<T>(slot: &mut Option<T>, param: &str, value: T) -> Result<(), GatewayError> {
-    if slot.replace(value).is_some() {
-        return Err(invalid(param, "given more than once"));
+/// Merges the ledger's tasks with the fetched remote ones, newest first (ties
+/// by id, so pages are stable), and cuts the page at `start`, `size`.
+pub(super) fn count_here(local: Vec<(u64, TaskId)>, fetched: Vec<Value>, start: usize, size: usize) -> CountedPage {
+    let mut merged: Vec<(u64, TaskId, Option<Value>)> =
+        local.into_iter().map(|(created, id)| (created, id, None)).collect();
+    for item in fetched {
+        let created_ms = item.get("created_at").and_then(Value::as_u64).unwrap_or(0) * 1000;
+        if let Some(id) = item.get("id").and_then(Value::as_str).and_then(TaskId::parse) {
+            merged.push((created_ms, id, Some(item)));
+        }
     }
-    Ok(())
+    merged.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    CountedPage {
+        total: merged.len(),
+        entries: merged
+            .into_iter()
+            .skip(start)
+            .take(size)
+            .map(|(_, id, item)| (id, item))
+            .collect(),
+    }
 }
 
-fn parse_page(value: &str, param: &str) -> Result<u32, GatewayError> {
-    value
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (1..=MAX_PAGE).contains(n))
-        .ok_or_else(|| invalid(param, "expected a whole number from 1 to 500"))
+/// Carries out the plan for `candidates`.
+pub(super) async fn list<S: Upstream>(
+    inner: S,
+    parts: Parts,
+    query: &ListQuery,
+    candidates: Vec<Candidate>,
+    note: &AuditNote,
+) -> Result<GatewayResponse, GatewayError> {
+    let page_size = query.page_size() as usize;
+    let start = (query.page_num() as usize - 1).saturating_mul(page_size);
+    match plan(candidates, query) {
+        ListPlan::Empty => {
+            note.record(|facts| facts.answered_locally = true);
+            Ok(json_response(&serde_json::json!({"total": 0, "items": []})))
+        }
+        ListPlan::OneCall(ids) => {
+            let upstream = UpstreamQuery(query.upstream_query(&ids, query.page_num(), query.page_size()));
+            inner
+                .oneshot(upstream_request(
+                    parts,
+                    Operation::List,
+                    None,
+                    Some(upstream),
+                    Bytes::new(),
+                ))
+                .await
+        }
+        ListPlan::AskArkForAll(ids) => {
+            let mut items = match fetch_items(inner, &parts, query, ids).await? {
+                Ok(items) => items,
+                Err(refusal) => return Ok(refusal),
+            };
+            sort_newest_first(&mut items);
+            let total = items.len();
+            let page: Vec<_> = items.into_iter().skip(start).take(page_size).collect();
+            Ok(json_response(&serde_json::json!({"total": total, "items": page})))
+        }
+        ListPlan::CountHere { local, remote } => {
+            let fetched = match remote.is_empty() {
+                true => Vec::new(),
+                false => match fetch_items(inner.clone(), &parts, query, remote).await? {
+                    Ok(items) => items,
+                    Err(refusal) => return Ok(refusal),
+                },
+            };
+            let page = count_here(local, fetched, start, page_size);
+            let missing = page.missing();
+            let mut found: HashMap<String, Value> = HashMap::new();
+            if !missing.is_empty() {
+                let items = match fetch_items(inner, &parts, query, missing).await? {
+                    Ok(items) => items,
+                    Err(refusal) => return Ok(refusal),
+                };
+                for item in items {
+                    if let Some(id) = item.get("id").and_then(Value::as_str) {
+                        found.insert(id.to_string(), item.clone());
+                    }
+                }
+            }
+            // A task the ledger holds but Ark no longer lists (deleted
+            // elsewhere, expired) leaves a gap in its page (docs/architecture.md).
+            let items: Vec<_> = page
+                .entries
+                .into_iter()
+                .filter_map(|(id, item)| item.or_else(|| found.remove(id.as_str())))
+                .collect();
+            Ok(json_response(&serde_json::json!({"total": page.total, "items": items})))
+        }
+    }
 }
 
-fn filter_text(value: &str, param: &str) -> Result<String, GatewayError> {
-    if value.is_empty() || value.len() > MAX_FILTER_LEN || value.chars().any(char::is_control) {
-        return Err(invalid(param, "expected 1-256 printable characters"));
+#[derive(Deserialize)]
+struct UpstreamPage {
+    #[serde(default)]
+    items: Vec<serde_json::Value>,
+}
+
+/// Asks Ark for `ids` (with the query's filters) in bounded chunks. The outer
+/// error is a failure; the inner `Err` is Ark's own refusal, to pass through.
+async fn fetch_items<S: Upstream>(
+    inner: S,
+    parts: &Parts,
+    query: &ListQuery,
+    ids: Vec<TaskId>,
+) -> Result<Result<Vec<serde_json::Value>, GatewayResponse>, GatewayError> {
+    let mut items = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_UPSTREAM_CALL) {
+        let upstream = UpstreamQuery(query.upstream_query(chunk, 1, chunk.len() as u32));
+        let request = upstream_request(copy_parts(parts), Operation::List, None, Some(upstream), Bytes::new());
+        let response = inner.clone().oneshot(request).await?;
+        if response.status() != StatusCode::OK {
+            return Ok(Err(response));
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let page: UpstreamPage = serde_json::from_slice(&body).map_err(|_| GatewayError::UpstreamUnavailable {
+            kind: UpstreamFailure::Protocol,
+            fate_unknown: false,
+        })?;
+        items.extend(page.items);
     }
-    Ok(value.to_string())
+    Ok(Ok(items))
+}
+
+/// Ark lists newest first; ties are broken by id so pages are stable.
+fn sort_newest_first(items: &mut [serde_json::Value]) {
+    fn key(v: &serde_json::Value) -> (i64, &str) {
+        (
+            v.get("created_at").and_then(|c| c.as_i64()).unwrap_or(0),
+            v.get("id").and_then(|i| i.as_str()).unwrap_or(""),
+        )
+    }
+    items.sort_by(|a, b| key(b).cmp(&key(a)));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_what_the_sdks_send() {
-        let q = ListQuery::parse(Some(
-            "page_num=2&page_size=50&filter.status=queued&filter.model=m%2F1&filter.task_ids=a&filter.task_ids=b&filter.task_ids=a",
-        ))
-        .unwrap();
-        assert_eq!(q.page_num(), 2);
-        assert_eq!(q.page_size(), 50);
-        assert_eq!(q.status, Some(TaskStatus::Queued));
-        assert_eq!(q.model.as_deref(), Some("m/1"));
-        let ids: Vec<_> = q.task_ids.unwrap().iter().map(|i| i.to_string()).collect();
-        assert_eq!(ids, ["a", "b"]);
-        assert_eq!(ListQuery::parse(None).unwrap().page_size(), DEFAULT_PAGE_SIZE);
+    fn id(n: usize) -> TaskId {
+        TaskId::parse(&format!("cgt-{n:05}")).unwrap()
+    }
+
+    fn owned(n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                id: id(i),
+                model: Some("m".into()),
+                created_ms: Some(i as u64 * 1000),
+            })
+            .collect()
+    }
+
+    fn granted(i: usize) -> Candidate {
+        Candidate {
+            id: id(i),
+            model: None,
+            created_ms: None,
+        }
+    }
+
+    fn query(text: &str) -> ListQuery {
+        ListQuery::parse(Some(text)).unwrap()
     }
 
     #[test]
-    fn refuses_bad_values() {
-        for (query, param) in [
-            ("page_num=0", "page_num"),
-            ("page_size=501", "page_size"),
-            ("page_size=ten", "page_size"),
-            ("page_num=1&page_num=2", "page_num"),
-            ("filter.status=done", "filter.status"),
-            ("filter.task_ids=..%2Fx", "filter.task_ids"),
-            ("filter.model=", "filter.model"),
-            ("api_key=abc", "api_key"),
-        ] {
-            match ListQuery::parse(Some(query)) {
-                Err(GatewayError::InvalidQuery { param: p, .. }) => assert_eq!(p, param, "{query}"),
-                other => panic!("{query}: {other:?}"),
-            }
+    fn small_lists_are_one_call_and_empty_ones_none() {
+        assert_eq!(plan(Vec::new(), &query("")), ListPlan::Empty);
+        let ListPlan::OneCall(ids) = plan(owned(IDS_PER_UPSTREAM_CALL), &query("filter.status=queued")) else {
+            panic!("one call")
+        };
+        assert_eq!(ids.len(), IDS_PER_UPSTREAM_CALL);
+    }
+
+    #[test]
+    fn a_filter_only_ark_decides_asks_for_every_id_in_bounded_chunks() {
+        for filter in ["filter.status=running", "filter.service_tier=flex"] {
+            let ListPlan::AskArkForAll(ids) = plan(owned(250), &query(filter)) else {
+                panic!("{filter}: all ids asked of Ark")
+            };
+            assert_eq!(ids.len(), 250);
+            assert_eq!(ids.chunks(IDS_PER_UPSTREAM_CALL).count(), 3, "upstream calls");
         }
     }
 
     #[test]
-    fn upstream_query_is_re_encoded_from_typed_values() {
-        let q = ListQuery {
-            model: Some("a&filter.task_ids=stolen".into()),
-            status: Some(TaskStatus::Succeeded),
-            ..Default::default()
+    fn without_such_a_filter_the_ledger_counts_and_only_grants_go_to_ark() {
+        let mut candidates = owned(150);
+        candidates.push(granted(900));
+        let ListPlan::CountHere { local, remote } = plan(candidates, &query("page_size=10")) else {
+            panic!("counted here")
         };
-        let ids = [TaskId::parse("cgt-1").unwrap()];
-        let query = q.upstream_query(&ids, 1, 1);
-        assert_eq!(
-            query,
-            "page_num=1&page_size=1&filter.status=succeeded&filter.model=a%26filter.task_ids%3Dstolen&filter.task_ids=cgt-1"
-        );
-        let reparsed = ListQuery::parse(Some(&query)).unwrap();
-        assert_eq!(reparsed.task_ids.unwrap(), ids);
+        assert_eq!((local.len(), remote), (150, vec![id(900)]));
+        // Under a model filter, a task of unknown model is Ark's to decide.
+        let mut candidates = owned(150);
+        candidates[0].model = None;
+        let ListPlan::CountHere { local, remote } = plan(candidates, &query("filter.model=m")) else {
+            panic!("counted here")
+        };
+        assert_eq!((local.len(), remote), (149, vec![id(0)]));
+    }
+
+    #[test]
+    fn a_counted_page_is_cut_from_the_merged_order_and_fetches_only_its_own_tasks() {
+        let local: Vec<(u64, TaskId)> = (0..150).map(|i| (i as u64 * 1000, id(i))).collect();
+        // A grant Ark knows, created in the same second as task 141: the id breaks the tie.
+        let grant = serde_json::json!({"id": "cgt-00900", "created_at": 141, "status": "queued"});
+        let page = count_here(local, vec![grant.clone()], 5, 5);
+        assert_eq!(page.total, 151);
+        let ids: Vec<&str> = page.entries.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["cgt-00144", "cgt-00143", "cgt-00142", "cgt-00900", "cgt-00141"]);
+        assert_eq!(page.entries[3].1.as_ref(), Some(&grant), "already fetched");
+        assert_eq!(page.missing().len(), 4, "only the page's own tasks are asked for");
+        // Past the end: an empty page, the total unchanged.
+        let past = count_here(vec![(1, id(1))], Vec::new(), 10, 10);
+        assert_eq!((past.total, past.entries.len()), (1, 0));
     }
 }

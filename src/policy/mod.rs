@@ -10,10 +10,12 @@
 mod create;
 mod layer;
 mod list;
+mod list_query;
 mod service;
+mod task;
 
 pub use layer::PolicyLayer;
-pub use list::{ListQuery, TaskStatus};
+pub use list_query::{ListQuery, TaskStatus};
 pub use service::PolicyService;
 
 use std::time::Duration;
