@@ -1,4 +1,6 @@
-//! Wiring: config → shared state → stack → listeners, hot reload, and an
+//! The composition root: config → ledger, audit, rate limiters, upstream
+//! pools, one stack per worker, listeners and background tasks, wired in
+//! [`start_with`] step by step, for `run`, `demo` and the tests alike; and an
 //! orderly stop that reports not-ready, drains connections and flushes the
 //! audit sink.
 
@@ -23,6 +25,7 @@ use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPO
 use crate::metrics::Metrics;
 use crate::rate_limit::{GlobalLimit, LimiterBackend, RateLimits, RedisLimiter};
 use crate::reload::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
+use crate::request_body::RequestBody;
 use crate::stack::{self, StackParts};
 
 /// How often the config file (and key file) are checked for changes.
@@ -124,7 +127,8 @@ pub fn open_ledger(config: &Config, metrics: &Arc<Metrics>) -> Result<OpenedLedg
     }
 }
 
-/// Serves from prepared parts in the background.
+/// Serves from prepared parts in the background: the one place where the
+/// gateway is wired, step by step.
 pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     let GatewayParts {
         config,
@@ -152,6 +156,62 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         .map(crate::server::tls_acceptor)
         .transpose()?;
     let health = Arc::new(Health::default());
+    let rate_limits = Arc::new(rate_limits(&config, store_redis, &metrics)?);
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
+    let stacks = worker_stacks(&config, &shared, audit, &ledger, &rate_limits, &metrics, &health)?;
+    let (stop_workers, workers_stop) = watch::channel(false);
+    let workers = crate::server::spawn_workers(listener, tls.clone(), stacks, &config.server, workers_stop).map_err(
+        |source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        },
+    )?;
+    let reloader = config_path.map(|path| Arc::new(Reloader::new(path, env, shared.clone(), metrics.clone())));
+    let background = background_tasks(&config, &ledger, &health, reloader.as_ref());
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        ledger: ledger.clone(),
+        limiter_redis: match &rate_limits.backend {
+            LimiterBackend::Redis(limiter) => Some(limiter.redis().clone()),
+            LimiterBackend::Local => None,
+        },
+    };
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let admin = admin_listener.map(|listener| spawn_admin(listener, admin_state, &config, admin_stopped));
+    drop(ledger);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    tracing::info!(addr = %addr, tls = tls.is_some(), workers = workers.len(), "tenant listener ready");
+    if let Some(admin) = admin_addr {
+        tracing::info!(addr = %admin, "admin listener ready");
+    }
+    let task = tokio::spawn(supervise(Supervised {
+        stopped,
+        health: health.clone(),
+        stop_workers,
+        workers,
+        background,
+        writer,
+        admin_stop,
+        admin,
+    }));
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        health,
+        reloader,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// The limiter `rate_limit.backend` names, and the shared Ark quota.
+fn rate_limits(
+    config: &Config,
+    store_redis: Option<Arc<Redis>>,
+    metrics: &Arc<Metrics>,
+) -> Result<RateLimits, StartError> {
     let backend = match &config.rate_limit {
         RateLimitBackend::Local => LimiterBackend::Local,
         // One connection (and one outage count) per Redis: reuse the ledger's.
@@ -162,31 +222,37 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             },
         ))),
     };
-    let limiter_redis = match &backend {
-        LimiterBackend::Redis(limiter) => Some(limiter.redis().clone()),
-        LimiterBackend::Local => None,
-    };
-    let rate_limits = Arc::new(RateLimits {
+    Ok(RateLimits {
         backend,
         global: config.upstream.requests_per_minute.map(GlobalLimit::new),
-    });
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
-    // One stack per worker thread, each forwarding through its own client
-    // (pool); everything else (snapshot, ledger, audit, limits, metrics and
-    // the upstream in-flight slots) is shared.
+    })
+}
+
+/// One stack per worker thread, each forwarding through its own upstream
+/// pool; everything else (snapshot, ledger, audit, limits, metrics and the
+/// upstream in-flight slots) is shared.
+fn worker_stacks(
+    config: &Config,
+    shared: &SharedSnapshot,
+    audit: AuditSink,
+    ledger: &Arc<dyn Ledger>,
+    rate_limits: &Arc<RateLimits>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> Result<Vec<impl WorkerStack>, StartError> {
     let forward = Forward::new(
         build_pool(&config.upstream)?,
         &config.upstream,
         metrics.clone(),
         health.clone(),
     );
-    let mut services = Vec::with_capacity(config.server.workers.get());
+    let mut stacks = Vec::with_capacity(config.server.workers.get());
     for index in 0..config.server.workers.get() {
         let forward = match index {
             0 => forward.clone(),
             _ => forward.with_client(build_pool(&config.upstream)?),
         };
-        services.push(stack::build(StackParts {
+        stacks.push(stack::build(StackParts {
             shared: shared.clone(),
             audit: audit.for_worker(),
             on_audit_failure: config.audit.on_failure,
@@ -196,101 +262,127 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             forward,
         }));
     }
-    drop(audit);
-    let (stop_workers, workers_stop) = watch::channel(false);
-    let workers = crate::server::spawn_workers(listener, tls.clone(), services, &config.server, workers_stop).map_err(
-        |source| StartError::Listen {
-            addr: config.server.listen,
-            source,
-        },
-    )?;
+    Ok(stacks)
+}
 
-    let mut background = Vec::new();
-    background.push(tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)));
-    background.push(tokio::spawn(admin::probe_upstream(
-        health.clone(),
-        config.upstream.base_url.clone(),
-        config.upstream.connect_timeout,
-    )));
-    let reloader = config_path.map(|path| Arc::new(Reloader::new(path, env, shared.clone(), metrics.clone())));
-    if let Some(reloader) = &reloader {
+/// What a worker serves: the tower stack over the tenant's request body.
+trait WorkerStack:
+    tower::Service<
+        http::Request<RequestBody>,
+        Response = crate::error::GatewayResponse,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> WorkerStack for S where
+    S: tower::Service<
+            http::Request<RequestBody>,
+            Response = crate::error::GatewayResponse,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The ledger sweep, the upstream probe and the config watcher.
+fn background_tasks(
+    config: &Config,
+    ledger: &Arc<dyn Ledger>,
+    health: &Arc<Health>,
+    reloader: Option<&Arc<Reloader>>,
+) -> Vec<JoinHandle<()>> {
+    let mut background = vec![
+        tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)),
+        tokio::spawn(admin::probe_upstream(
+            health.clone(),
+            config.upstream.base_url.clone(),
+            config.upstream.connect_timeout,
+        )),
+    ];
+    if let Some(reloader) = reloader {
         background.push(tokio::spawn(reloader.clone().watch(WATCH_EVERY)));
     }
-    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
-    let admin_task = admin_listener.map(|listener| {
-        let state = AdminState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-            ledger: ledger.clone(),
-            limiter_redis,
-        };
-        let admin_config = crate::config::ServerConfig {
-            tls: None,
-            shutdown_grace: Duration::from_secs(1),
-            ..config.server.clone()
-        };
-        tokio::spawn(async move {
-            crate::server::serve(
-                listener,
-                None,
-                admin::service(state),
-                &admin_config,
-                async {
-                    let _ = admin_stopped.await;
-                },
-                || {},
-            )
-            .await;
-        })
-    });
-    drop(ledger);
+    background
+}
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let draining = health.clone();
-    let worker_count = workers.len();
-    let task = tokio::spawn(async move {
-        tracing::info!(addr = %addr, tls = tls.is_some(), workers = worker_count, "tenant listener ready");
-        if let Some(admin) = admin_addr {
-            tracing::info!(addr = %admin, "admin listener ready");
-        }
-        let _ = stopped.await;
-        // Not ready from the moment the drain starts, so that load
-        // balancers stop sending while in-flight requests finish.
-        draining.start_draining();
-        let _ = stop_workers.send(true);
-        let mut finished = Vec::with_capacity(workers.len());
-        for worker in workers {
-            let _ = worker.stopped_accepting.await;
-            finished.push(worker.finished);
-        }
-        // Every copy of the listening socket is closed: new connections are refused.
-        tracing::info!("stopped accepting; draining in-flight requests");
-        for worker in finished {
-            let _ = worker.await;
-        }
-        for task in &background {
-            task.abort();
-        }
-        for task in background {
-            let _ = task.await;
-        }
-        // Every clone of the stack, and so every audit sender, is gone now:
-        // the writer drains what is queued and flushes.
-        let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
-        let _ = admin_stop.send(());
-        if let Some(admin) = admin_task {
-            let _ = admin.await;
-        }
-        tracing::info!("audit sink flushed; gateway stopped");
-    });
-    Ok(RunningGateway {
-        addr,
-        admin_addr,
-        health,
-        reloader,
-        stop: Some(stop),
-        task,
+/// The admin listener, served until `stopped` resolves.
+fn spawn_admin(
+    listener: TcpListener,
+    state: AdminState,
+    config: &Config,
+    stopped: oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    let admin_config = crate::config::ServerConfig {
+        tls: None,
+        shutdown_grace: Duration::from_secs(1),
+        ..config.server.clone()
+    };
+    tokio::spawn(async move {
+        crate::server::serve(
+            listener,
+            None,
+            admin::service(state),
+            &admin_config,
+            async {
+                let _ = stopped.await;
+            },
+            || {},
+        )
+        .await;
     })
+}
+
+/// What the orderly stop takes down, in order.
+struct Supervised {
+    stopped: oneshot::Receiver<()>,
+    health: Arc<Health>,
+    stop_workers: watch::Sender<bool>,
+    workers: Vec<crate::server::Worker>,
+    background: Vec<JoinHandle<()>>,
+    writer: AuditWriter,
+    admin_stop: oneshot::Sender<()>,
+    admin: Option<JoinHandle<()>>,
+}
+
+/// Waits for the stop, then: not ready, stop accepting, drain the workers,
+/// end the background tasks, flush the audit sink, close the admin listener.
+async fn supervise(s: Supervised) {
+    let _ = s.stopped.await;
+    // Not ready from the moment the drain starts, so that load
+    // balancers stop sending while in-flight requests finish.
+    s.health.start_draining();
+    let _ = s.stop_workers.send(true);
+    let mut finished = Vec::with_capacity(s.workers.len());
+    for worker in s.workers {
+        let _ = worker.stopped_accepting.await;
+        finished.push(worker.finished);
+    }
+    // Every copy of the listening socket is closed: new connections are refused.
+    tracing::info!("stopped accepting; draining in-flight requests");
+    for worker in finished {
+        let _ = worker.await;
+    }
+    for task in &s.background {
+        task.abort();
+    }
+    for task in s.background {
+        let _ = task.await;
+    }
+    // Every clone of the stack, and so every audit sender, is gone now:
+    // the writer drains what is queued and flushes.
+    let writer = s.writer;
+    let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+    let _ = s.admin_stop.send(());
+    if let Some(admin) = s.admin {
+        let _ = admin.await;
+    }
+    tracing::info!("audit sink flushed; gateway stopped");
 }
 
 /// Drops ledger entries older than the retention, and idempotency keys older
