@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::backend::redb::{RedbLedger, StoreFaults};
+pub use crate::backend::redb::RedbLedger;
+#[cfg(feature = "fault-injection")]
+pub use crate::backend::redb::StoreFaults;
 pub use crate::backend::redis::RedisLedger;
 
 /// How long an `Idempotency-Key` is remembered.

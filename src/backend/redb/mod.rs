@@ -4,9 +4,7 @@
 //! concurrency instead of being limited by one fsync per request.
 
 use std::fs::OpenOptions;
-use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use redb::backends::FileBackend;
@@ -16,7 +14,12 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod owner_cache;
+
+#[cfg(feature = "fault-injection")]
+pub use faults::StoreFaults;
 
 use owner_cache::OwnerCache;
 
@@ -65,53 +68,6 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<Outcome, LedgerError>>,
 }
 
-/// A switch that makes the store's disk fail (writes and syncs return ENOSPC),
-/// to exercise the fail-closed paths for real.
-#[derive(Debug, Clone, Default)]
-pub struct StoreFaults(Arc<AtomicBool>);
-
-impl StoreFaults {
-    pub fn fail_writes(&self, fail: bool) {
-        self.0.store(fail, Ordering::SeqCst);
-    }
-}
-
-#[derive(Debug)]
-struct FaultableBackend {
-    inner: FileBackend,
-    faults: StoreFaults,
-}
-
-impl FaultableBackend {
-    fn check(&self) -> io::Result<()> {
-        if self.faults.0.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
-        }
-        Ok(())
-    }
-}
-
-impl StorageBackend for FaultableBackend {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.inner.read(offset, len)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self, eventual: bool) -> io::Result<()> {
-        self.check()?;
-        self.inner.sync_data(eventual)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
-
 /// The redb-backed ledger. Cheap to share behind an `Arc`.
 pub struct RedbLedger {
     db: Arc<Database>,
@@ -142,11 +98,17 @@ fn unavailable(e: impl std::fmt::Display) -> LedgerError {
 impl RedbLedger {
     /// Opens (or creates) the ledger file and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        Self::open_with_faults(path, StoreFaults::default())
+        Self::open_on(path, |file| file)
     }
 
-    /// As [`Self::open`], with a fault switch on the underlying file.
+    /// As [`Self::open`], with a fault switch on the underlying file (tests).
+    #[cfg(feature = "fault-injection")]
     pub fn open_with_faults(path: &Path, faults: StoreFaults) -> Result<Self, LedgerError> {
+        Self::open_on(path, |inner| faults::FaultableBackend { inner, faults })
+    }
+
+    /// Opens the file, through `backend` (the file itself, or a test's wrapper).
+    fn open_on<B: StorageBackend>(path: &Path, backend: impl FnOnce(FileBackend) -> B) -> Result<Self, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -162,7 +124,7 @@ impl RedbLedger {
             other => unavailable(other),
         })?;
         let db = Database::builder()
-            .create_with_backend(FaultableBackend { inner, faults })
+            .create_with_backend(backend(inner))
             .map_err(|e| match e {
                 DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse,
                 other => unavailable(other),
