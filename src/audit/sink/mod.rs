@@ -5,11 +5,8 @@
 //! `audit.fsync` decides when records reach the disk: a background task syncs
 //! at most every interval, or (`always`) each request waits for an fdatasync.
 
-use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
-#[cfg(unix)]
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +14,12 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use tokio::sync::oneshot;
+
+mod batch;
+mod output;
+
+use batch::{Records, WorkerQueue};
+use output::{identity, Output};
 
 use super::chain::{self, ChainHead};
 use super::AuditRecord;
@@ -43,58 +46,6 @@ pub struct AuditSink {
     /// A worker thread's queue (see [`AuditSink::for_worker`]); none: each
     /// record is written on its own.
     queue: Option<Arc<WorkerQueue>>,
-}
-
-/// Records a worker's requests finished in the same scheduler round, waiting
-/// to be written together: one lock, one `write(2)` and one file check per
-/// batch instead of per record.
-#[derive(Debug, Default)]
-struct WorkerQueue {
-    pending: Mutex<Pending>,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    records: Records,
-    waiters: Vec<oneshot::Sender<Result<(), AuditWriteError>>>,
-    /// A flush task is queued on the worker's runtime.
-    scheduled: bool,
-    /// The buffers of the last batch written, emptied, for the next round.
-    spare: (Records, Vec<oneshot::Sender<Result<(), AuditWriteError>>>),
-}
-
-/// Serialized records (JSON objects without the chain fields), back to back
-/// in the order they were queued: one buffer a round, not one per record.
-#[derive(Debug, Default)]
-struct Records {
-    bytes: Vec<u8>,
-    /// Where each record ends in `bytes`.
-    ends: Vec<usize>,
-}
-
-impl Records {
-    fn push<S: AsRef<str>>(&mut self, record: &AuditRecord<S>) {
-        record.write_json(&mut self.bytes);
-        self.ends.push(self.bytes.len());
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let record = &self.bytes[start..end];
-            start = end;
-            record
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
 }
 
 #[derive(Debug)]
@@ -124,133 +75,6 @@ struct State {
 pub struct AuditWriter {
     sink: AuditSink,
     background: Option<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Debug)]
-enum Output {
-    Stdout(io::Stdout),
-    File {
-        path: PathBuf,
-        file: File,
-        written: u64,
-        identity: (u64, u64),
-    },
-}
-
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    #[cfg(unix)]
-    {
-        (meta.dev(), meta.ino())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        (0, 0)
-    }
-}
-
-impl Output {
-    fn open_file(path: PathBuf) -> io::Result<(Self, ChainHead)> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        // Only a regular file has a chain to continue (`/dev/full`, a FIFO… do not).
-        let existing = if file.metadata()?.is_file() {
-            std::fs::read(&path).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        // A crash in the middle of a batch can leave a partial last line; it
-        // belongs to a request whose response was never sent. Drop it.
-        let complete = existing.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < existing.len() && file.metadata()?.is_file() {
-            tracing::warn!(
-                bytes = existing.len() - complete,
-                "dropping a partial last audit line left by a crash"
-            );
-            file.set_len(complete as u64)?;
-        }
-        let head = chain::head_of(&String::from_utf8_lossy(&existing[..complete])).unwrap_or_else(ChainHead::genesis);
-        let meta = file.metadata()?;
-        file.flush()?;
-        Ok((
-            Output::File {
-                path,
-                written: meta.len(),
-                identity: identity(&meta),
-                file,
-            },
-            head,
-        ))
-    }
-
-    /// A file sink whose path no longer names the file we write is a removed
-    /// (or replaced) audit trail: refuse to keep writing into the void.
-    fn check(&self) -> Result<(), String> {
-        if let Output::File { path, identity: id, .. } = self {
-            match std::fs::metadata(path) {
-                Ok(meta) if identity(&meta) == *id => Ok(()),
-                Ok(_) => Err(format!("{} was replaced", path.display())),
-                Err(e) => Err(format!("{} is gone: {e}", path.display())),
-            }
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_linked(&self) -> Result<(), String> {
-        #[cfg(unix)]
-        if let Output::File { path, file, .. } = self {
-            return match file.metadata() {
-                Ok(meta) if meta.nlink() > 0 || !meta.is_file() => Ok(()),
-                Ok(_) => Err(format!("{} was removed", path.display())),
-                Err(e) => Err(format!("{}: {e}", path.display())),
-            };
-        }
-        Ok(())
-    }
-
-    fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Output::Stdout(out) => {
-                let mut out = out.lock();
-                out.write_all(bytes)?;
-                out.flush()
-            }
-            Output::File { file, written, .. } => {
-                file.write_all(bytes)?;
-                *written += bytes.len() as u64;
-                Ok(())
-            }
-        }
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        match self {
-            Output::File { file, .. } => file.sync_data(),
-            _ => Ok(()),
-        }
-    }
-
-    /// Renames a full file aside and starts a new one; the chain continues.
-    fn rotate_if_full(&mut self, limit: Option<u64>, head: &ChainHead) -> io::Result<bool> {
-        let path = match self {
-            Output::File { path, written, .. } if limit.is_some_and(|limit| *written >= limit) => path.clone(),
-            _ => return Ok(false),
-        };
-        self.sync()?;
-        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            .to_string()
-            .replace([':', '.'], "-");
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("audit.jsonl");
-        let rotated = path.with_file_name(format!("{name}.{stamp}"));
-        std::fs::rename(&path, &rotated)?;
-        let (fresh, _) = Output::open_file(path)?;
-        *self = fresh;
-        tracing::info!(rotated = %rotated.display(), seq = head.seq, hash = %head.hash, "audit file rotated; the chain continues in the new file");
-        Ok(true)
-    }
 }
 
 impl AuditSink {
