@@ -240,7 +240,7 @@ impl TaskGrants {
     }
 }
 
-/// A per-tenant rate: `cells` requests per `period`, with `burst` allowed at once.
+/// A rate: `rate` requests per `per` (second or minute), with `burst` allowed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub per: RatePeriod,

@@ -2,9 +2,8 @@
 //!
 //! Each worker thread owns one pool, so a request, its upstream connection
 //! and that connection's task all live on one thread: no lock is contended,
-//! no wake-up crosses threads, and no task is spawned per request (hyper-util's
-//! pooled client spawns one per HTTP/1 request to wait for the connection to
-//! become idle again). HTTP/1.1 connections are reused last-in first-out, so
+//! no wake-up crosses threads, and no task is spawned per request.
+//! HTTP/1.1 connections are reused last-in first-out, so
 //! a small hot set carries the load; with HTTP/2 (ALPN) one connection is
 //! shared by the worker's requests.
 

@@ -187,8 +187,8 @@ impl Service<Request<Bytes>> for Forward {
     type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, GatewayError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The client's pool never pushes back; capacity is the slot semaphore,
-        // which refuses rather than waits, so it is checked in `call`.
+        // The pool never pushes back; capacity is the `upstream.max_concurrent`
+        // slots, which refuse rather than wait, so they are taken in `call`.
         Poll::Ready(Ok(()))
     }
 

@@ -1,8 +1,8 @@
 //! The ownership ledger: which tenant created (or was granted) which task.
 //!
-//! The policy talks only to the [`Ledger`] trait. The embedded implementation
-//! is [`RedbLedger`] (one file, no server); a shared implementation for several
-//! replicas can slot in behind the same trait without touching the policy.
+//! The policy talks only to the [`Ledger`] trait, which two backends
+//! implement: [`RedbLedger`] (one file, no server) and [`RedisLedger`]
+//! (shared by several replicas); see `crate::backend`.
 //!
 //! A create is two durable writes around the upstream call: an *intent* before
 //! it (so that a broken store refuses the create before anything reaches Ark,
