@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (README "Test"): installs what the tests need, then runs
+# The one test command (README.md, "The two commands"): installs what the tests need, then runs
 # formatting and lint checks, the Rust unit and integration tests, and the
 # end-to-end tests with the official Python Ark SDK.
 set -euo pipefail

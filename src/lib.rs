@@ -1,5 +1,5 @@
 //! ark-gateway: a multi-tenant gateway in front of Volcengine Ark's
-//! content-generation task API. See README.md for the layer order and why.
+//! content-generation task API. docs/architecture.md has the layer order and why.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -35,12 +35,18 @@ fn every_key_is_documented_with_whether_it_reloads() {
             }
         }
     }
-    assert!(missing.is_empty(), "keys without a row in docs/configuration.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys without a row in docs/configuration.md: {missing:?}"
+    );
 }
 
 #[test]
 fn the_reference_documents_no_key_that_does_not_exist() {
     let known: Vec<&str> = known_keys().iter().map(|k| k.path.as_str()).collect();
-    let stale: Vec<String> = documented().into_keys().filter(|k| !known.contains(&k.as_str())).collect();
+    let stale: Vec<String> = documented()
+        .into_keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
     assert!(stale.is_empty(), "rows for keys the gateway does not parse: {stale:?}");
 }

@@ -7,7 +7,7 @@
 //! - `idem:{tenant}:{key}`: an Idempotency-Key's state, expiring after 24 h;
 //! - `intent:{request id}`: a create in flight, expiring after 24 h.
 //!
-//! Durability is Redis's: run it with `appendonly yes` (README).
+//! Durability is Redis's: run it with `appendonly yes` (docs/operations.md).
 
 use std::sync::Arc;
 use std::time::Duration;
