@@ -22,9 +22,9 @@ pub struct Health {
 }
 
 /// How recent an upstream answer (or probe) must be for `/readyz`.
-pub const UPSTREAM_FRESHNESS: Duration = Duration::from_secs(30);
+pub(crate) const UPSTREAM_FRESHNESS: Duration = Duration::from_secs(30);
 /// How often the prober checks the upstream when traffic has not.
-pub const PROBE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 impl Health {
     pub fn upstream_answered(&self) {
@@ -50,7 +50,7 @@ impl Health {
 
 /// Keeps `Health` current when no tenant traffic does: a TCP connect to the
 /// upstream host (no request, so the key is never used for probing).
-pub async fn probe_upstream(health: Arc<Health>, base_url: Uri, connect_timeout: Duration) {
+pub(crate) async fn probe_upstream(health: Arc<Health>, base_url: Uri, connect_timeout: Duration) {
     let host = base_url.host().unwrap_or("localhost").to_string();
     let port = base_url
         .port_u16()
@@ -72,7 +72,7 @@ pub async fn probe_upstream(health: Arc<Health>, base_url: Uri, connect_timeout:
 
 /// What the admin endpoints read.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub ledger: Arc<dyn Ledger>,
@@ -89,7 +89,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-pub async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
     }
@@ -138,7 +138,7 @@ pub async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Fu
 }
 
 /// The admin service for [`crate::server::serve`].
-pub fn service(
+pub(crate) fn service(
     state: AdminState,
 ) -> impl tower::Service<
     Request<crate::request_body::RequestBody>,

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use crate::route::Operation;
 
 /// Every response the stack produces has a fully buffered body.
-pub type GatewayResponse = Response<Full<Bytes>>;
+pub(crate) type GatewayResponse = Response<Full<Bytes>>;
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]

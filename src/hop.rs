@@ -23,13 +23,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers and every header that `Connection` nominates.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip_hop_by_hop_and(headers, |_| false);
 }
 
 /// [`strip_hop_by_hop`], and every header for which `also` holds, in the
 /// same pass over the headers.
-pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+pub(crate) fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     // Most header sets hold at most a few of these: no allocation for those.
     let mut present: [Option<HeaderName>; 4] = Default::default();
     let mut more = Vec::new();

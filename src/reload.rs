@@ -41,13 +41,13 @@ impl Snapshot {
 }
 
 /// The live configuration, shared by the layers that read it.
-pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 /// Environment lookup usable from a background task.
-pub type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub(crate) type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Re-reads the config file and swaps the snapshot if, and only if, it is valid.
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     env: SharedEnv,
     shared: SharedSnapshot,
@@ -73,7 +73,7 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, env: SharedEnv, shared: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(path: PathBuf, env: SharedEnv, shared: SharedSnapshot, metrics: Arc<Metrics>) -> Self {
         let started_with = read_table(&path).unwrap_or_default();
         let reloader = Self {
             path,
@@ -89,7 +89,7 @@ impl Reloader {
 
     /// Loads, validates and swaps. An invalid file is rejected with the same
     /// messages as `check`, and the running configuration stays.
-    pub fn reload(&self) -> Result<u64, ConfigError> {
+    pub(crate) fn reload(&self) -> Result<u64, ConfigError> {
         // Recorded before reading, so a failed attempt is not retried until the files change again.
         *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&self.watched_files());
         let env = self.env.clone();
@@ -133,7 +133,7 @@ impl Reloader {
     /// Polls the watched files' contents and reloads when they differ from
     /// what was last loaded. Content, not mtime, is compared: Kubernetes swaps
     /// ConfigMaps through symlinks, and editors may keep the mtime.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
+    pub(crate) async fn watch(self: Arc<Self>, every: Duration) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

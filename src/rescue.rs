@@ -9,7 +9,7 @@ use crate::error::{GatewayError, GatewayResponse};
 
 /// The layer that turns the stack's `Result` into HTTP: after it, nothing fails.
 #[derive(Debug, Clone, Default)]
-pub struct RescueLayer;
+pub(crate) struct RescueLayer;
 
 impl<S> tower::Layer<S> for RescueLayer {
     type Service = Rescue<S>;
@@ -20,7 +20,7 @@ impl<S> tower::Layer<S> for RescueLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     /// A readiness failure, answered on the next call instead of dropping the connection.
     not_ready: Option<std::sync::Arc<GatewayError>>,
@@ -59,6 +59,6 @@ where
 }
 
 /// The one conversion from a rejection to HTTP.
-pub fn rescue(result: Result<GatewayResponse, GatewayError>) -> Result<GatewayResponse, Infallible> {
+pub(crate) fn rescue(result: Result<GatewayResponse, GatewayError>) -> Result<GatewayResponse, Infallible> {
     Ok(result.unwrap_or_else(|e| e.to_response()))
 }

@@ -23,7 +23,7 @@ use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
 
 /// What the stack is built from.
-pub struct StackParts {
+pub(crate) struct StackParts {
     /// The reloadable configuration (tenants, key, limits).
     pub shared: SharedSnapshot,
     pub audit: AuditSink,
@@ -36,7 +36,7 @@ pub struct StackParts {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub fn build<B>(
+pub(crate) fn build<B>(
     parts: StackParts,
 ) -> impl Service<Request<B>, Response = GatewayResponse, Error = Infallible, Future: Send> + Clone + Send + 'static
 where

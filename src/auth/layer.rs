@@ -4,12 +4,12 @@ use super::AuthService;
 use crate::reload::SharedSnapshot;
 
 #[derive(Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     shared: SharedSnapshot,
 }
 
 impl AuthLayer {
-    pub fn new(shared: SharedSnapshot) -> Self {
+    pub(crate) fn new(shared: SharedSnapshot) -> Self {
         Self { shared }
     }
 }

@@ -5,8 +5,8 @@
 mod layer;
 mod service;
 
-pub use layer::AuthLayer;
-pub use service::AuthService;
+pub(crate) use layer::AuthLayer;
+pub(crate) use service::AuthService;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -14,11 +14,11 @@ use http::HeaderMap;
 use crate::error::GatewayError;
 
 /// Longest token accepted; longer headers are malformed, not hashed.
-pub const MAX_TOKEN_LEN: usize = 4096;
+pub(crate) const MAX_TOKEN_LEN: usize = 4096;
 
 /// Extracts the bearer token: exactly one `Authorization` header, scheme
 /// `Bearer` (any case, RFC 9110), one or more spaces, then a non-empty token68.
-pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&[u8], GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next().ok_or(GatewayError::MissingCredential)?;
     if values.next().is_some() {

@@ -14,7 +14,7 @@ use crate::server::PeerCertificate;
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
-pub struct AuthService<S> {
+pub(crate) struct AuthService<S> {
     pub(super) inner: S,
     pub(super) shared: SharedSnapshot,
 }

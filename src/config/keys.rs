@@ -46,7 +46,7 @@ pub struct Key {
 
 /// Keys whose change a reload applies; every other key needs a restart.
 /// (The key file's content reloads too.)
-pub const RELOADABLE: &[&str] = &[
+pub(super) const RELOADABLE: &[&str] = &[
     "tenant",
     "upstream.api_key_env",
     "upstream.api_key_file",
@@ -153,7 +153,7 @@ fn lookup<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Value> {
 
 /// Removes every unknown key from `table` and reports each, with the nearest
 /// known key or, for a secret, where it belongs. Shapes are left to serde.
-pub fn remove_unknown(table: &mut toml::Table) -> Vec<ConfigProblem> {
+pub(super) fn remove_unknown(table: &mut toml::Table) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     walk(table, "", "", &mut problems);
     problems

@@ -4,12 +4,12 @@ use super::InjectCredentialService;
 use crate::reload::SharedSnapshot;
 
 #[derive(Clone)]
-pub struct InjectCredentialLayer {
+pub(crate) struct InjectCredentialLayer {
     shared: SharedSnapshot,
 }
 
 impl InjectCredentialLayer {
-    pub fn new(shared: SharedSnapshot) -> Self {
+    pub(crate) fn new(shared: SharedSnapshot) -> Self {
         Self { shared }
     }
 }

@@ -7,8 +7,8 @@
 mod layer;
 mod service;
 
-pub use layer::InjectCredentialLayer;
-pub use service::InjectCredentialService;
+pub(crate) use layer::InjectCredentialLayer;
+pub(crate) use service::InjectCredentialService;
 
 use http::header::{HeaderMap, HeaderName};
 
@@ -33,7 +33,7 @@ fn not_forwarded(name: &HeaderName) -> bool {
 }
 
 /// Prepares the outbound header set (before the key is added).
-pub fn outbound_headers(headers: &mut HeaderMap) {
+pub(crate) fn outbound_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop_and(headers, not_forwarded);
 }
 

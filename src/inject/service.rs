@@ -9,7 +9,7 @@ use super::outbound_headers;
 use crate::reload::{SharedSnapshot, Snapshot};
 
 #[derive(Clone)]
-pub struct InjectCredentialService<S> {
+pub(crate) struct InjectCredentialService<S> {
     pub(super) inner: S,
     /// Only for a request without a snapshot (a stack without authentication).
     /// Behind a reference count of this stack's own: the policy clones this

@@ -25,7 +25,12 @@ use crate::tenant::Tenant;
 
 /// Reads at most `limit` bytes of body within `timeout`. A declared length over
 /// the limit is refused before a byte is read.
-pub async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError>
+pub(super) async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -55,7 +60,7 @@ struct CreateProbe {
 
 /// Checks that the body is a JSON object with a string `model` the tenant may
 /// use, and returns that model.
-pub fn check_create_body(body: &[u8], tenant: &Tenant) -> Result<String, GatewayError> {
+pub(super) fn check_create_body(body: &[u8], tenant: &Tenant) -> Result<String, GatewayError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(GatewayError::InvalidBody("expected a JSON object"));
     }
@@ -77,7 +82,7 @@ pub fn check_create_body(body: &[u8], tenant: &Tenant) -> Result<String, Gateway
 }
 
 /// The optional `Idempotency-Key`: 1-255 visible ASCII characters.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
         return Ok(None);

@@ -8,9 +8,9 @@ use crate::route::TaskId;
 
 /// Most ids sent upstream in one list call, keeping every upstream URL
 /// bounded (100 ids is about 4 KB of query string).
-pub const IDS_PER_UPSTREAM_CALL: usize = 100;
+pub(super) const IDS_PER_UPSTREAM_CALL: usize = 100;
 /// Ark's default page size when the client sends none.
-pub const DEFAULT_PAGE_SIZE: u32 = 10;
+pub(super) const DEFAULT_PAGE_SIZE: u32 = 10;
 const MAX_PAGE: u32 = 500;
 const MAX_FILTER_LEN: usize = 256;
 

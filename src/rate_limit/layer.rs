@@ -8,12 +8,12 @@ use super::{RateLimitService, RateLimits};
 /// authentication (it needs the tenant) and before any body is read or any
 /// policy work is done, so that a caller over its limit costs little.
 #[derive(Clone, Default)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     limits: Arc<RateLimits>,
 }
 
 impl RateLimitLayer {
-    pub fn new(limits: Arc<RateLimits>) -> Self {
+    pub(crate) fn new(limits: Arc<RateLimits>) -> Self {
         Self { limits }
     }
 }

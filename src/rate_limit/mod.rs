@@ -10,16 +10,16 @@ mod service;
 
 use std::sync::Arc;
 
-pub use crate::backend::redis::RedisLimiter;
-pub use layer::RateLimitLayer;
-pub use limiter::TenantLimiter;
-pub use service::RateLimitService;
+pub(crate) use crate::backend::redis::RedisLimiter;
+pub(crate) use layer::RateLimitLayer;
+pub(crate) use limiter::TenantLimiter;
+pub(crate) use service::RateLimitService;
 
 use crate::config::RateLimitConfig;
 
 /// Everything the rate-limit layer checks, built once and shared.
 #[derive(Default)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     /// Where the buckets live (`rate_limit.backend`).
     pub backend: LimiterBackend,
     /// The shared Ark quota, if configured.
@@ -28,7 +28,7 @@ pub struct RateLimits {
 
 /// Where tenant and global buckets live, chosen like the ledger is.
 #[derive(Default)]
-pub enum LimiterBackend {
+pub(crate) enum LimiterBackend {
     /// In this process: each tenant's own governor bucket (limits hold per replica).
     #[default]
     Local,
@@ -36,14 +36,14 @@ pub enum LimiterBackend {
     Redis(Arc<RedisLimiter>),
 }
 
-pub struct GlobalLimit {
+pub(crate) struct GlobalLimit {
     pub config: RateLimitConfig,
     /// Used with [`LimiterBackend::Local`].
     pub local: TenantLimiter,
 }
 
 impl GlobalLimit {
-    pub fn new(config: RateLimitConfig) -> Self {
+    pub(crate) fn new(config: RateLimitConfig) -> Self {
         Self {
             local: TenantLimiter::new(&config),
             config,

@@ -12,7 +12,7 @@ use crate::error::{GatewayError, GatewayResponse};
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
-pub struct RateLimitService<S> {
+pub(crate) struct RateLimitService<S> {
     pub(super) inner: S,
     pub(super) limits: Arc<RateLimits>,
 }

@@ -4,7 +4,7 @@ use super::RequestIdService;
 
 /// Outermost layer: assigns the [`super::RequestId`] and stamps it on every response.
 #[derive(Debug, Clone, Default)]
-pub struct RequestIdLayer;
+pub(crate) struct RequestIdLayer;
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestIdService<S>;

@@ -13,16 +13,16 @@ use std::sync::OnceLock;
 
 use http::HeaderValue;
 
-pub use layer::RequestIdLayer;
-pub use service::RequestIdService;
+pub(crate) use layer::RequestIdLayer;
+pub(crate) use service::RequestIdService;
 
 /// The gateway's id for one request (32 hex characters).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+pub(crate) struct RequestId(HeaderValue);
 
 /// The response header that always carries the gateway's id. `x-request-id`
 /// carries Ark's id when Ark answered, and the gateway's when it answered itself.
-pub const GATEWAY_REQUEST_ID: &str = "x-gateway-request-id";
+pub(crate) const GATEWAY_REQUEST_ID: &str = "x-gateway-request-id";
 
 /// How many numbers a thread takes from the shared counter at a time, so
 /// that the workers do not write one shared cache line per request.
@@ -51,7 +51,7 @@ fn next_number() -> u64 {
 impl RequestId {
     /// A new id: a random per-process prefix and a counter, so ids never repeat
     /// within a process and differ between replicas, with no syscall per request.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         static PREFIX: OnceLock<u64> = OnceLock::new();
         let prefix = *PREFIX.get_or_init(|| {
             let mut seed = [0u8; 8];
@@ -77,11 +77,11 @@ impl RequestId {
         Self(HeaderValue::from_bytes(&text).expect("hex is a valid header value"))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.0.to_str().expect("generated ids are ASCII")
     }
 
-    pub fn header_value(&self) -> HeaderValue {
+    pub(crate) fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
 }

@@ -11,7 +11,7 @@ use super::{RequestId, GATEWAY_REQUEST_ID};
 use crate::error::GatewayResponse;
 
 #[derive(Debug, Clone)]
-pub struct RequestIdService<S> {
+pub(crate) struct RequestIdService<S> {
     pub(super) inner: S,
 }
 
