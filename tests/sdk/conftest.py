@@ -169,6 +169,22 @@ def tls_gateway(mock_upstream, tmp_path_factory):
     stop_gateway(proc, work)
 
 
+def assert_refused_to_another_tenant(task_id, other, upstream_requests):
+    """`other` (an SDK client of another tenant) can neither get, delete nor
+    list `task_id`, and none of its attempts reaches Ark."""
+    from volcenginesdkarkruntime._exceptions import ArkPermissionDeniedError
+
+    before = len(upstream_requests())
+    with pytest.raises(ArkPermissionDeniedError) as refused:
+        other.content_generation.tasks.get(task_id=task_id)
+    assert refused.value.code == "AccessDenied"
+    with pytest.raises(ArkPermissionDeniedError):
+        other.content_generation.tasks.delete(task_id)
+    listed = other.content_generation.tasks.list(task_ids=[task_id])
+    assert listed.total == 0 and listed.items == []
+    assert len(upstream_requests()) == before, "a refused call reached Ark"
+
+
 @pytest.fixture()
 def upstream_requests(mock_upstream):
     """Returns a function listing what the mock received so far."""
