@@ -25,7 +25,7 @@ use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPO
 use crate::metrics::Metrics;
 use crate::rate_limit::{GlobalLimit, LimiterBackend, RateLimits, RedisLimiter};
 use crate::reload::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
-use crate::request_body::RequestBody;
+use crate::server::TenantService;
 use crate::stack::{self, StackParts};
 
 /// How often the config file (and key file) are checked for changes.
@@ -239,7 +239,7 @@ fn worker_stacks(
     rate_limits: &Arc<RateLimits>,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
-) -> Result<Vec<impl WorkerStack>, StartError> {
+) -> Result<Vec<impl TenantService>, StartError> {
     let forward = Forward::new(
         build_pool(&config.upstream)?,
         &config.upstream,
@@ -263,31 +263,6 @@ fn worker_stacks(
         }));
     }
     Ok(stacks)
-}
-
-/// What a worker serves: the tower stack over the tenant's request body.
-trait WorkerStack:
-    tower::Service<
-        http::Request<RequestBody>,
-        Response = crate::error::GatewayResponse,
-        Error = std::convert::Infallible,
-        Future: Send,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> WorkerStack for S where
-    S: tower::Service<
-            http::Request<RequestBody>,
-            Response = crate::error::GatewayResponse,
-            Error = std::convert::Infallible,
-            Future: Send,
-        > + Clone
-        + Send
-        + 'static
-{
 }
 
 /// The ledger sweep, the upstream probe and the config watcher.

@@ -56,6 +56,25 @@ impl RemoteAddr {
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
 
+/// What a listener serves: a service over the tenant's request body that
+/// never fails (rejections are responses by then) and can be cloned per
+/// connection.
+pub trait TenantService:
+    Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> TenantService for S where
+    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Largest request head accepted (request line + headers); hyper answers 431 beyond.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -187,8 +206,7 @@ pub fn spawn_workers<S>(
     stop: watch::Receiver<bool>,
 ) -> io::Result<Vec<Worker>>
 where
-    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: TenantService,
 {
     let listener = listener.into_std()?;
     let (senders, mut inboxes): (Vec<_>, Vec<_>) = services.iter().map(|_| mpsc::unbounded_channel()).unzip();
@@ -258,8 +276,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()>,
     stopped_accepting: impl FnOnce(),
 ) where
-    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: TenantService,
 {
     serve_dealt(listener, None, tls, service, config, shutdown, stopped_accepting).await
 }
@@ -274,8 +291,7 @@ async fn serve_dealt<S>(
     shutdown: impl Future<Output = ()>,
     stopped_accepting: impl FnOnce(),
 ) where
-    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: TenantService,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -394,8 +410,7 @@ async fn serve_connection<I, S>(
     in_flight: Arc<InFlight>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: TenantService,
 {
     // One stack per connection, called in place: cloning every layer for
     // every request would touch each shared handle's reference count, cache

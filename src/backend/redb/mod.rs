@@ -346,16 +346,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                         _ => BeginOutcome::Conflict,
                     }));
                 }
-                let entry = KeyEntry {
-                    status: KeyStatus::Pending,
-                    task_id: None,
-                    at_ms: intent.at_ms,
-                };
-                keys.insert(
-                    (intent.tenant.as_str(), key.as_str()),
-                    serde_json::to_vec(&entry).expect("serializes").as_slice(),
-                )
-                .map_err(unavailable)?;
+                put_key(&mut keys, intent, key, KeyStatus::Pending, None)?;
             }
             let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
             let entry = IntentEntry {
@@ -473,6 +464,27 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
     }
 }
 
+/// Records where an intent's `Idempotency-Key` stands.
+fn put_key(
+    keys: &mut redb::Table<(&str, &str), &[u8]>,
+    intent: &CreateIntent,
+    key: &str,
+    status: KeyStatus,
+    task_id: Option<String>,
+) -> Result<(), LedgerError> {
+    let entry = KeyEntry {
+        status,
+        task_id,
+        at_ms: intent.at_ms,
+    };
+    keys.insert(
+        (intent.tenant.as_str(), key),
+        serde_json::to_vec(&entry).expect("serializes").as_slice(),
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 /// Closes an intent and records the key's result.
 fn settle(
     txn: &WriteTransaction,
@@ -482,16 +494,7 @@ fn settle(
 ) -> Result<(), LedgerError> {
     if let Some(key) = &intent.idempotency_key {
         let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
-        let entry = KeyEntry {
-            status,
-            task_id,
-            at_ms: intent.at_ms,
-        };
-        keys.insert(
-            (intent.tenant.as_str(), key.as_str()),
-            serde_json::to_vec(&entry).expect("serializes").as_slice(),
-        )
-        .map_err(unavailable)?;
+        put_key(&mut keys, intent, key, status, task_id)?;
     }
     let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
     intents.remove(intent.intent_id.as_str()).map_err(unavailable)?;
