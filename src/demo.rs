@@ -48,12 +48,21 @@ pub async fn start(listen: SocketAddr) -> Result<(MockUpstream, RunningGateway),
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| DemoError::Bind(listen, e))?;
+    // The probes and metrics, as in a real deployment; the demo runs without
+    // them rather than not at all when the port is taken.
+    let admin_listener = match TcpListener::bind(config.admin.listen).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::warn!(addr = %config.admin.listen, error = %e, "admin listener not started");
+            None
+        }
+    };
     let audit = AuditSink::start(&config.audit).map_err(StartError::Audit)?;
     let ledger = Arc::new(RedbLedger::open(&config.store.path).map_err(StartError::Ledger)?);
     let gateway = start_with(GatewayParts {
         config,
         listener,
-        admin_listener: None,
+        admin_listener,
         audit,
         ledger,
         metrics: Arc::new(crate::metrics::Metrics::new()),
@@ -65,12 +74,17 @@ pub async fn start(listen: SocketAddr) -> Result<(MockUpstream, RunningGateway),
 }
 
 /// The snippets printed for each demo tenant.
-pub fn instructions(gateway: SocketAddr) -> String {
+pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
     let base = format!("http://{gateway}/api/v3");
     let mut out = format!(
         "ark-gateway demo: gateway on http://{gateway}, mock Ark upstream behind it.\n\
          Audit records follow on stdout; diagnostics go to stderr. Ctrl-C stops.\n"
     );
+    if let Some(admin) = admin {
+        out.push_str(&format!(
+            "Probes and metrics: http://{admin}/readyz, http://{admin}/metrics\n"
+        ));
+    }
     for (tenant, token) in DEMO_TENANTS {
         out.push_str(&format!(
             "\n--- tenant {tenant} (token {token}) ---\n\

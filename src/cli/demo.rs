@@ -10,7 +10,7 @@ pub fn run(listen: SocketAddr) -> ExitCode {
     super::runtime().block_on(async {
         match demo::start(listen).await {
             Ok((mock, gateway)) => {
-                eprintln!("{}", demo::instructions(gateway.addr()));
+                eprintln!("{}", demo::instructions(gateway.addr(), gateway.admin_addr()));
                 gateway.run_until(super::stop_signal()).await;
                 mock.shutdown().await;
                 ExitCode::SUCCESS
