@@ -49,3 +49,27 @@ fn a_missing_key_file_is_reported_with_its_key() {
     assert!(err.mentions("upstream.api_key_file"), "{err}");
     assert!(err.mentions("tenant"), "{err}");
 }
+
+#[test]
+fn the_tasks_cli_reads_the_store_and_its_retention_without_the_key() {
+    use ark_gateway::config::StoreView;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    // No Ark key is reachable: an operator managing the ledger need not hold it.
+    let text = "[upstream]\nbase_url = \"https://x\"\napi_key_env = \"NOT_SET_ANYWHERE\"\n\n\
+                [store]\nbackend = \"redis\"\nurl = \"redis://:secret@127.0.0.1:1/0\"\nretention = \"7d\"\n\n\
+                [[tenant]]\nname = \"video-team\"\n";
+    std::fs::write(&path, text).unwrap();
+    let view = StoreView::load(&path).unwrap();
+    assert_eq!(view.retention, std::time::Duration::from_secs(7 * 86400));
+    assert_eq!(view.tenant_names, ["video-team"]);
+    let (url, prefix) = view.redis.expect("the Redis store");
+    assert_eq!(prefix, "ark-gateway:");
+    assert!(!format!("{url:?} {url}").contains("secret"), "the password is hidden");
+    // Without `store.retention`, the default the gateway uses.
+    std::fs::write(&path, text.replace("retention = \"7d\"\n", "")).unwrap();
+    assert_eq!(
+        StoreView::load(&path).unwrap().retention,
+        std::time::Duration::from_secs(30 * 86400)
+    );
+}
