@@ -80,6 +80,22 @@ pub enum GatewayError {
     OwnershipNotRecorded,
     #[error("The audit trail cannot be written; the request was not forwarded.")]
     AuditUnavailable,
+    #[error("callback_url must be an https:// URL on one of this tenant's allowed callback hosts.")]
+    CallbackNotAllowed,
+    #[error(
+        "This tenant (or the account) has as many queued and running tasks as its quota allows; \
+         try again when one has finished."
+    )]
+    ActiveTaskQuota { retry_after: Duration },
+    #[error("This create would exceed the tenant's {} budget; it resets in {} s.", .window.as_str(), retry_after_secs(*.retry_after))]
+    BudgetExceeded {
+        window: crate::spend::Window,
+        retry_after: Duration,
+    },
+    #[error("The gateway is still counting active tasks and budgets after its start; retry shortly.")]
+    CountsNotReady,
+    #[error("This endpoint needs an admin token: set admin.token_sha256 in the gateway's config.")]
+    AdminTokenNotConfigured,
 }
 
 /// What went wrong on the way to Ark (a label-safe, fixed set).
@@ -123,6 +139,9 @@ enum Headers {
     NoRetry,
     /// `Allow`, for a known path with another method.
     Allow(&'static str),
+    /// Both `Retry-After` and `x-should-retry: false`: the SDK's quick
+    /// retries cannot help; the application decides when to come back.
+    RetryLater(Duration),
 }
 
 /// One row of the table.
@@ -249,6 +268,29 @@ impl GatewayError {
             LedgerUnavailable => row(DOWN, "ServiceUnavailable", "ledger_unavailable", "", None),
             OwnershipNotRecorded => row(DOWN, "ServiceUnavailable", "ownership_not_recorded", "", NoRetry),
             AuditUnavailable => row(DOWN, "ServiceUnavailable", "audit_unavailable", "", None),
+            CallbackNotAllowed => row(DENY, "AccessDenied", "callback_not_allowed", "callback_url", None),
+            ActiveTaskQuota { retry_after } => row(
+                BUSY,
+                "QuotaExceeded",
+                "active_task_quota",
+                "max_active_tasks",
+                RetryLater(*retry_after),
+            ),
+            BudgetExceeded { window, retry_after } => row(
+                BUSY,
+                "BudgetExceeded",
+                "budget_exceeded",
+                window.param(),
+                RetryLater(*retry_after),
+            ),
+            CountsNotReady => row(
+                DOWN,
+                "ServiceUnavailable",
+                "counts_not_ready",
+                "",
+                RetryAfter(Duration::from_secs(1)),
+            ),
+            AdminTokenNotConfigured => row(DENY, "AccessDenied", "admin_token_not_configured", "", None),
         }
     }
 
@@ -319,6 +361,10 @@ impl GatewayError {
             }
             Headers::Allow(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Headers::RetryLater(wait) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
             }
         }
         response

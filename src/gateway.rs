@@ -21,7 +21,7 @@ use crate::audit::{AuditSink, AuditWriter};
 use crate::backend::redis::{Redis, RedisDown};
 use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend};
 use crate::forward::{build_pool, Forward};
-use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, IDEMPOTENCY_WINDOW};
+use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, SweepBefore, IDEMPOTENCY_WINDOW};
 use crate::metrics::Metrics;
 use crate::rate_limit::{GlobalLimit, LimiterBackend, RateLimits, RedisLimiter};
 use crate::reload::{Reloader, SharedEnv, SharedSnapshot, Snapshot};
@@ -273,7 +273,11 @@ fn background_tasks(
     reloader: Option<&Arc<Reloader>>,
 ) -> Vec<JoinHandle<()>> {
     let mut background = vec![
-        tokio::spawn(sweep_forever(ledger.clone(), config.store.retention)),
+        tokio::spawn(sweep_forever(
+            ledger.clone(),
+            config.store.retention,
+            config.store.usage_retention,
+        )),
         tokio::spawn(admin::probe_upstream(
             health.clone(),
             config.upstream.base_url.clone(),
@@ -362,15 +366,18 @@ async fn supervise(s: Supervised) {
 
 /// Drops ledger entries older than the retention, and idempotency keys older
 /// than their window, so the file does not grow for ever.
-async fn sweep_forever(ledger: Arc<dyn Ledger>, retention: Duration) {
+async fn sweep_forever(ledger: Arc<dyn Ledger>, retention: Duration, usage_retention: Duration) {
     let every = (retention / 24).clamp(Duration::from_secs(60), Duration::from_secs(3600));
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
         let now = now_ms();
-        let tasks_before = now.saturating_sub(retention.as_millis() as u64);
-        let keys_before = now.saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
-        match ledger.sweep(tasks_before, keys_before).await {
+        let before = SweepBefore {
+            tasks_ms: now.saturating_sub(retention.as_millis() as u64),
+            keys_ms: now.saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64),
+            usage_ms: now.saturating_sub(usage_retention.as_millis() as u64),
+        };
+        match ledger.sweep(before).await {
             Ok(report) if report != Default::default() => tracing::info!(?report, "ledger sweep"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "ledger sweep failed"),

@@ -28,5 +28,6 @@ pub(crate) mod rescue;
 pub mod route;
 pub(crate) mod secret;
 pub mod server;
+pub mod spend;
 pub(crate) mod stack;
 pub mod tenant;

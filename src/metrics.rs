@@ -2,7 +2,7 @@
 //! tenant names from the config, operations, decisions, status codes and
 //! failure kinds. No label ever carries a token, a key or a task id.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -45,6 +45,24 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantModel {
+    tenant: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantWindow {
+    tenant: String,
+    window: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantReason {
+    tenant: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -67,6 +85,13 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     redis_up: Gauge,
     redis_outages: Counter,
+    tokens: Family<TenantModel, Counter>,
+    cost: Family<TenantModel, Counter<f64, AtomicU64>>,
+    active_tasks: Family<TenantLabel, Gauge>,
+    budget_remaining: Family<TenantWindow, Gauge<f64, AtomicU64>>,
+    quota_rejections: Family<TenantReason, Counter>,
+    reconcile_runs: Family<ResultLabel, Counter>,
+    reconcile_lag: Gauge<f64, AtomicU64>,
     /// The tenant label of requests that were not authenticated.
     unauthenticated: Arc<str>,
 }
@@ -138,6 +163,44 @@ impl Metrics {
             "Redis outages seen (counted once per outage)",
             redis_outages.clone(),
         );
+        let tokens = Family::<TenantModel, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens of settled tasks, by tenant and model (counted by the process that settled them)",
+            tokens.clone(),
+        );
+        let cost = Family::<TenantModel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost",
+            "Cost of settled tasks in the pricing currency, by tenant and model",
+            cost.clone(),
+        );
+        let active_tasks = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "active_tasks",
+            "Queued and running tasks (and creates in flight) per tenant: the shared count",
+            active_tasks.clone(),
+        );
+        let budget_remaining = Family::<TenantWindow, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_remaining",
+            "What is left of each budget window (limit - used - reserved), in tokens or currency",
+            budget_remaining.clone(),
+        );
+        let quota_rejections = Family::<TenantReason, Counter>::default();
+        registry.register(
+            "quota_rejections",
+            "Creates refused by an active-task quota or a budget",
+            quota_rejections.clone(),
+        );
+        let reconcile_runs = Family::<ResultLabel, Counter>::default();
+        registry.register("reconcile_runs", "Reconciler passes by result", reconcile_runs.clone());
+        let reconcile_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "reconcile_lag_seconds",
+            "Seconds since the reconciler last finished a pass over every unfinished task",
+            reconcile_lag.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
         build
@@ -157,6 +220,13 @@ impl Metrics {
             reloads,
             redis_up,
             redis_outages,
+            tokens,
+            cost,
+            active_tasks,
+            budget_remaining,
+            quota_rejections,
+            reconcile_runs,
+            reconcile_lag,
             unauthenticated: Arc::from("-"),
         }
     }
@@ -201,6 +271,51 @@ impl Metrics {
     pub fn redis_outage(&self) {
         self.redis_outages.inc();
         self.redis_up.set(0);
+    }
+
+    pub fn settled(&self, s: &crate::spend::Settlement) {
+        let labels = TenantModel {
+            tenant: s.tenant.clone(),
+            model: s.model.clone(),
+        };
+        self.tokens.get_or_create(&labels).inc_by(s.tokens);
+        self.cost
+            .get_or_create(&labels)
+            .inc_by(crate::spend::micros_to_amount(s.cost_micros));
+    }
+
+    pub fn quota_rejection(&self, tenant: &TenantName, reason: &'static str) {
+        self.quota_rejections
+            .get_or_create(&TenantReason {
+                tenant: tenant.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn set_active_tasks(&self, tenant: &TenantName, n: u64) {
+        self.active_tasks
+            .get_or_create(&TenantLabel {
+                tenant: tenant.shared(),
+            })
+            .set(n.min(i64::MAX as u64) as i64);
+    }
+
+    pub fn set_budget_remaining(&self, tenant: &TenantName, window: &'static str, remaining: f64) {
+        self.budget_remaining
+            .get_or_create(&TenantWindow {
+                tenant: tenant.to_string(),
+                window,
+            })
+            .set(remaining);
+    }
+
+    pub fn reconcile_run(&self, result: &'static str) {
+        self.reconcile_runs.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn set_reconcile_lag(&self, seconds: f64) {
+        self.reconcile_lag.set(seconds);
     }
 
     pub fn set_ledger_tasks(&self, n: u64) {

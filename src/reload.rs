@@ -22,7 +22,18 @@ pub struct Snapshot {
     pub tenants: TenantDirectory,
     pub api_key: ArkApiKey,
     pub limits: PolicyLimits,
+    /// Prices and the account's active-task quota (tenants carry their own limits).
+    pub spend: Arc<SpendSettings>,
     pub generation: u64,
+}
+
+/// What a create's admission needs besides the tenant.
+#[derive(Debug)]
+pub struct SpendSettings {
+    pub pricing: crate::config::PricingConfig,
+    pub account_max_active: Option<u64>,
+    /// How long a create in flight holds its slot (`upstream.timeout` plus a margin).
+    pub lease: Duration,
 }
 
 impl Snapshot {
@@ -35,6 +46,11 @@ impl Snapshot {
                 max_body_bytes: config.server.max_body_bytes,
                 request_timeout: config.server.request_timeout,
             },
+            spend: Arc::new(SpendSettings {
+                pricing: config.pricing.clone(),
+                account_max_active: config.upstream.max_active_tasks,
+                lease: config.upstream.timeout + Duration::from_secs(30),
+            }),
             generation: previous.map_or(1, |p| p.generation + 1),
         }
     }

@@ -52,7 +52,7 @@ where
         .layer(RescueLayer)
         // 3. Audit (and request metrics) wrap everything that can decide, so
         //    denied, failed and forwarded requests all produce exactly one record.
-        .layer(AuditLayer::new(parts.audit, parts.metrics, parts.on_audit_failure))
+        .layer(AuditLayer::new(parts.audit, parts.metrics.clone(), parts.on_audit_failure))
         // 4. Authenticate before anything costs work; takes the request's
         //    configuration snapshot; strips the tenant token.
         .layer(AuthLayer::new(parts.shared.clone()))
@@ -61,7 +61,7 @@ where
         .layer(RateLimitLayer::new(parts.rate_limits))
         // 6. Route + task-id policy: the only layer that reads bodies and
         //    decides which ids a request may touch.
-        .layer(PolicyLayer::new(parts.shared.clone(), parts.ledger))
+        .layer(PolicyLayer::new(parts.shared.clone(), parts.ledger, parts.metrics))
         // 7. Only now, with the request fully allowed, attach the Ark key.
         .layer(InjectCredentialLayer::new(parts.shared))
         // 8. Forward to Ark, within the global in-flight limit.

@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{OperationSet, RateLimitConfig, TaskGrants, TenantConfig, TenantName};
+use crate::config::{BudgetConfig, CallbackHosts, OperationSet, RateLimitConfig, TaskGrants, TenantConfig, TenantName};
 use crate::rate_limit::TenantLimiter;
 
 /// One tenant's policy and limiter.
@@ -22,6 +22,9 @@ pub struct TenantPolicy {
     pub models: Option<BTreeSet<String>>,
     pub grants: TaskGrants,
     pub rate_limit: RateLimitConfig,
+    pub max_active_tasks: Option<u64>,
+    pub budget: BudgetConfig,
+    pub callback_hosts: Option<CallbackHosts>,
     /// Shared with the next configuration when a reload keeps this tenant's limit.
     pub limiter: Arc<TenantLimiter>,
 }
@@ -51,8 +54,18 @@ impl Tenant {
             models: config.models.clone(),
             grants: config.task_ids.clone(),
             rate_limit: config.rate_limit,
+            max_active_tasks: config.max_active_tasks,
+            budget: config.budget,
+            callback_hosts: config.callback_hosts.clone(),
             limiter,
         }))
+    }
+}
+
+impl TenantDirectory {
+    /// Every tenant, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.iter()
     }
 }
 

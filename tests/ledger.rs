@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ark_gateway::ledger::{
-    BeginOutcome, CreateFate, CreateIntent, Ledger, RedbLedger, TaskRecord, TaskSource, TaskState,
+    BeginOutcome, CreateFate, CreateIntent, Ledger, RedbLedger, SweepBefore, TaskRecord, TaskSource, TaskState,
 };
 use common::*;
 
@@ -240,6 +240,7 @@ fn record(id: &str, tenant: &str, created_ms: u64) -> TaskRecord {
         client_request_id: None,
         state: TaskState::Active,
         source: TaskSource::Created,
+        spend: Default::default(),
     }
 }
 
@@ -249,6 +250,7 @@ fn intent(id: &str, tenant: &str, key: Option<&str>, at_ms: u64) -> CreateIntent
         tenant: tenant.to_string(),
         idempotency_key: key.map(str::to_string),
         at_ms,
+        admission: None,
     }
 }
 
@@ -262,7 +264,7 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
         assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
         ledger.complete_create(it, record(&id, "alpha", created)).await.unwrap();
     }
-    let report = ledger.sweep(10_000, 10_000).await.unwrap();
+    let report = ledger.sweep(SweepBefore { tasks_ms: 10_000, keys_ms: 10_000, usage_ms: 0 }).await.unwrap();
     assert_eq!((report.tasks, report.idempotency_keys), (2, 2));
     let left: Vec<_> = ledger
         .owned_tasks("alpha", 0)
@@ -319,7 +321,7 @@ async fn owner_checks_follow_grants_and_sweeps_after_a_cached_answer() {
     );
     assert!(ledger.is_owner("cgt-moved", "beta").await.unwrap());
     // The grant kept the task's creation time; the sweep drops it.
-    ledger.sweep(10_000, 10_000).await.unwrap();
+    ledger.sweep(SweepBefore { tasks_ms: 10_000, keys_ms: 10_000, usage_ms: 0 }).await.unwrap();
     assert!(
         !ledger.is_owner("cgt-moved", "beta").await.unwrap(),
         "a swept task is still owned"

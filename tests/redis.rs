@@ -324,6 +324,7 @@ async fn idempotency_outcomes_in_the_redis_ledger() {
         tenant: "alpha".into(),
         idempotency_key: Some(key.into()),
         at_ms: now_ms(),
+        admission: None,
     };
     // In flight, then an unknown outcome: the key stays blocked.
     assert_eq!(
@@ -364,6 +365,7 @@ async fn idempotency_outcomes_in_the_redis_ledger() {
         client_request_id: None,
         state: TaskState::Active,
         source: TaskSource::Created,
+        spend: Default::default(),
     };
     ledger.complete_create(intent("r5", "k2"), record).await.unwrap();
     assert_eq!(

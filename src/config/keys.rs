@@ -20,6 +20,7 @@ pub enum KeyKind {
     TableArray,
     String,
     Integer,
+    Float,
     Bool,
     StringArray,
 }
@@ -31,6 +32,7 @@ impl KeyKind {
             Self::TableArray => "array of tables",
             Self::String => "string",
             Self::Integer => "integer",
+            Self::Float => "number",
             Self::Bool => "boolean",
             Self::StringArray => "array of strings",
         }
@@ -48,6 +50,8 @@ pub struct Key {
 /// (The key file's content reloads too.)
 pub(super) const RELOADABLE: &[&str] = &[
     "tenant",
+    "pricing",
+    "upstream.max_active_tasks",
     "upstream.api_key_env",
     "upstream.api_key_file",
     "server.max_body_bytes",
@@ -266,13 +270,18 @@ impl<'de> Deserializer<'de> for Recorder<'_> {
         visitor.visit_i64(0)
     }
 
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.record(KeyKind::Float);
+        visitor.visit_f64(0.0)
+    }
+
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.record(KeyKind::Bool);
         visitor.visit_bool(false)
     }
 
     serde::forward_to_deserialize_any! {
-        i8 i16 i32 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf unit unit_struct
+        i8 i16 i32 i128 u8 u16 u32 u64 u128 f32 char bytes byte_buf unit unit_struct
         newtype_struct tuple tuple_struct map enum identifier ignored_any
     }
 }

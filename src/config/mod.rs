@@ -5,6 +5,7 @@
 mod keys;
 pub mod raw;
 mod redis_url;
+mod spend;
 mod validate;
 
 use std::collections::{BTreeSet, HashSet};
@@ -23,6 +24,10 @@ use crate::secret::ArkApiKey;
 
 pub use keys::{known_keys, reloads, restart_only_changes, Key, KeyKind};
 pub use redis_url::RedisUrl;
+pub use spend::{
+    BudgetConfig, CallbackHosts, HostPattern, ModelPrice, PricingConfig, ReconcileConfig, DEFAULT_FRAMES_PER_SECOND,
+    DEFAULT_RESERVE_TOKENS,
+};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// Where the process looks up `upstream.api_key_env`. Production passes the
@@ -43,6 +48,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub rate_limit: RateLimitBackend,
+    pub pricing: PricingConfig,
+    pub reconcile: ReconcileConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -91,6 +98,10 @@ impl fmt::Debug for ServerTls {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// SHA-256 of the admin token: with it, everything but the probes needs `Bearer <token>`.
+    pub token_sha256: Option<[u8; 32]>,
+    /// `/metrics` without the token even when one is set.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +119,8 @@ pub struct UpstreamConfig {
     /// The shared Ark quota: requests per minute toward Ark across all tenants
     /// (and, with the Redis rate-limit backend, across all replicas).
     pub requests_per_minute: Option<RateLimitConfig>,
+    /// Queued or running tasks the whole account may have (all tenants, all replicas).
+    pub max_active_tasks: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +128,8 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     pub path: PathBuf,
     pub retention: Duration,
+    /// How long per-day usage aggregates are kept (chargeback history).
+    pub usage_retention: Duration,
     /// Prefix of every Redis key the gateway writes.
     pub key_prefix: String,
 }
@@ -266,6 +281,11 @@ pub struct TenantConfig {
     pub models: Option<BTreeSet<String>>,
     pub task_ids: TaskGrants,
     pub rate_limit: RateLimitConfig,
+    /// Queued or running tasks this tenant may have.
+    pub max_active_tasks: Option<u64>,
+    pub budget: BudgetConfig,
+    /// `None`: any `callback_url` is forwarded.
+    pub callback_hosts: Option<CallbackHosts>,
 }
 
 impl Config {

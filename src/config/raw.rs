@@ -18,6 +18,10 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub rate_limit: RawRateLimitBackend,
+    #[serde(default)]
+    pub pricing: Option<RawPricing>,
+    #[serde(default)]
+    pub reconcile: RawReconcile,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<RawTenant>,
 }
@@ -46,6 +50,9 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +70,7 @@ pub struct RawUpstream {
     pub ca_file: Option<String>,
     pub requests_per_minute: Option<i64>,
     pub requests_burst: Option<i64>,
+    pub max_active_tasks: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +88,7 @@ pub struct RawStore {
     pub key_prefix: Option<String>,
     pub path: Option<String>,
     pub retention: Option<String>,
+    pub usage_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +113,45 @@ pub struct RawTenant {
     #[serde(default)]
     pub task_ids: Vec<String>,
     pub rate_limit: Option<RawRateLimit>,
+    pub max_active_tasks: Option<i64>,
+    pub budget: Option<RawBudget>,
+    pub callback_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub daily_tokens: Option<i64>,
+    pub monthly_tokens: Option<i64>,
+    pub daily_cost: Option<f64>,
+    pub monthly_cost: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricing {
+    pub currency: Option<String>,
+    pub default_reserve_tokens: Option<i64>,
+    pub default_per_million_tokens: Option<f64>,
+    #[serde(default, rename = "model")]
+    pub models: Vec<RawModelPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelPrice {
+    pub model: Option<String>,
+    pub per_million_tokens: Option<f64>,
+    pub reserve_tokens: Option<i64>,
+    pub frames_per_second: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconcile {
+    pub enabled: Option<bool>,
+    pub interval: Option<String>,
+    pub max_requests_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,7 @@
 //! Raw → validated. Every check pushes a [`ConfigProblem`] naming its key and
 //! carries on, so `ark-gateway check` shows the whole list in one run.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -12,7 +12,7 @@ use http::Uri;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use super::raw::{RawConfig, RawRateLimit, RawTenant};
+use super::raw::{RawBudget, RawConfig, RawPricing, RawRateLimit, RawTenant};
 use super::*;
 use crate::route::{is_task_id, Operation, TaskId};
 use crate::secret::ArkApiKey;
@@ -98,6 +98,7 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const MIB: i64 = 1024 * 1024;
 pub(super) const DEFAULT_STORE_PATH: &str = "data/ark-gateway.redb";
 pub(super) const DEFAULT_RETENTION: &str = "30d";
+pub(super) const DEFAULT_USAGE_RETENTION: &str = "400d";
 
 #[derive(Default)]
 struct Problems(Vec<ConfigProblem>);
@@ -170,6 +171,17 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     };
     let admin = AdminConfig {
         listen: p.addr("admin.listen", raw.admin.listen.as_deref(), DEFAULT_ADMIN_LISTEN),
+        token_sha256: raw.admin.token_sha256.as_deref().and_then(|hex_text| {
+            let parsed = parse_sha256_hex(hex_text);
+            if parsed.is_none() {
+                p.push(
+                    "admin.token_sha256",
+                    "must be 64 hexadecimal characters (a SHA-256 digest; see `ark-gateway hash-token`)",
+                );
+            }
+            parsed
+        }),
+        metrics_public: raw.admin.metrics_public,
     };
 
     let up = raw.upstream;
@@ -220,6 +232,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
                 burst,
             })
         }),
+        max_active_tasks: up
+            .max_active_tasks
+            .map(|n| p.positive("upstream.max_active_tasks", Some(n), 1, 1_000_000_000) as u64),
         base_url: base_url.unwrap_or_else(|| Uri::from_static("https://invalid.invalid")),
         api_key: match api_key {
             Some(key) => key,
@@ -275,6 +290,11 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             .unwrap_or_else(|| "ark-gateway:".to_string()),
         path: PathBuf::from(raw.store.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
         retention: p.duration("store.retention", raw.store.retention.as_deref(), DEFAULT_RETENTION),
+        usage_retention: p.duration(
+            "store.usage_retention",
+            raw.store.usage_retention.as_deref(),
+            DEFAULT_USAGE_RETENTION,
+        ),
     };
 
     let audit = AuditConfig {
@@ -324,7 +344,46 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         },
     };
 
+    let pricing = validate_pricing(&mut p, raw.pricing);
     let tenants = validate_tenants(&mut p, raw.tenants);
+    for (i, t) in tenants.iter().enumerate() {
+        if !t.budget.has_cost() {
+            continue;
+        }
+        let unpriced: Vec<&str> = match &t.models {
+            None if pricing.default_per_million_tokens.is_none() => vec!["(any model)"],
+            None => Vec::new(),
+            Some(models) => models
+                .iter()
+                .filter(|m| pricing.price_of(m).is_none())
+                .map(String::as_str)
+                .collect(),
+        };
+        if !unpriced.is_empty() {
+            p.push(
+                format!("tenant[{i}].budget"),
+                format!(
+                    "a cost budget needs a price for every model the tenant may use: {} has none \
+                     (add [[pricing.model]] entries or pricing.default_per_million_tokens)",
+                    unpriced.join(", ")
+                ),
+            );
+        }
+    }
+    let governed = pricing.configured
+        || upstream.max_active_tasks.is_some()
+        || tenants.iter().any(|t| !t.budget.is_empty() || t.max_active_tasks.is_some());
+    let reconcile = ReconcileConfig {
+        enabled: raw.reconcile.enabled.unwrap_or(governed),
+        interval: p.duration("reconcile.interval", raw.reconcile.interval.as_deref(), "15s"),
+        max_requests_per_minute: NonZeroU32::new(p.positive(
+            "reconcile.max_requests_per_minute",
+            raw.reconcile.max_requests_per_minute,
+            60,
+            1_000_000,
+        ) as u32)
+        .unwrap_or(NonZeroU32::MIN),
+    };
     if server.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
         for (i, t) in tenants.iter().enumerate() {
             if t.client_cert_san.is_some() {
@@ -344,6 +403,8 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             store,
             audit,
             rate_limit,
+            pricing,
+            reconcile,
             tenants,
         })
     } else {
@@ -630,6 +691,33 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
             Some(list) => Some(list.into_iter().collect::<BTreeSet<_>>()),
         };
         let task_ids = validate_grants(p, &key("task_ids"), t.task_ids);
+        let max_active_tasks = t
+            .max_active_tasks
+            .map(|n| p.positive(&key("max_active_tasks"), Some(n), 1, 1_000_000_000) as u64);
+        let budget = t.budget.map(|b| validate_budget(p, &key("budget"), b)).unwrap_or_default();
+        let callback_hosts = t.callback_hosts.map(|entries| {
+            if entries.is_empty() {
+                p.push(
+                    key("callback_hosts"),
+                    "is empty, so every create with a callback_url would be refused; remove the key to allow any",
+                );
+            }
+            CallbackHosts(
+                entries
+                    .iter()
+                    .filter_map(|entry| {
+                        let parsed = CallbackHosts::parse_entry(entry);
+                        if parsed.is_none() {
+                            p.push(
+                                key("callback_hosts"),
+                                format!("{entry:?} is not a host, `host:port` or `*.suffix`"),
+                            );
+                        }
+                        parsed
+                    })
+                    .collect(),
+            )
+        });
         let rate_limit = validate_rate_limit(p, &key("rate_limit"), t.rate_limit);
         if let (Some(name), Some(token_sha256), Some(rate_limit)) = (name, token_sha256, rate_limit) {
             tenants.push(TenantConfig {
@@ -640,10 +728,93 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
                 models,
                 task_ids,
                 rate_limit,
+                max_active_tasks,
+                budget,
+                callback_hosts,
             });
         }
     }
     tenants
+}
+
+fn validate_budget(p: &mut Problems, key: &str, raw: RawBudget) -> BudgetConfig {
+    let tokens = |p: &mut Problems, field: &str, value: Option<i64>| {
+        value.map(|n| p.positive(&format!("{key}.{field}"), Some(n), 1, i64::MAX) as u64)
+    };
+    let cost = |p: &mut Problems, field: &str, value: Option<f64>| {
+        value.filter(|c| {
+            let ok = c.is_finite() && *c > 0.0;
+            if !ok {
+                p.push(format!("{key}.{field}"), format!("{c} must be a positive amount"));
+            }
+            ok
+        })
+    };
+    BudgetConfig {
+        daily_tokens: tokens(p, "daily_tokens", raw.daily_tokens),
+        monthly_tokens: tokens(p, "monthly_tokens", raw.monthly_tokens),
+        daily_cost: cost(p, "daily_cost", raw.daily_cost),
+        monthly_cost: cost(p, "monthly_cost", raw.monthly_cost),
+    }
+}
+
+fn validate_price(p: &mut Problems, key: &str, value: Option<f64>) -> Option<f64> {
+    value.filter(|v| {
+        let ok = v.is_finite() && *v >= 0.0;
+        if !ok {
+            p.push(key, format!("{v} must be a price of zero or more"));
+        }
+        ok
+    })
+}
+
+fn validate_pricing(p: &mut Problems, raw: Option<RawPricing>) -> PricingConfig {
+    let Some(raw) = raw else {
+        return PricingConfig::default();
+    };
+    let currency = raw.currency.unwrap_or_else(|| "CNY".to_string());
+    if currency.is_empty() || currency.len() > 8 || !currency.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        p.push("pricing.currency", "must be a currency code such as \"CNY\" or \"USD\"");
+    }
+    let mut models = BTreeMap::new();
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let key = |field: &str| format!("pricing.model[{i}].{field}");
+        let Some(model) = m.model.filter(|m| !m.is_empty()) else {
+            p.push(key("model"), "is required");
+            continue;
+        };
+        let price = ModelPrice {
+            per_million_tokens: validate_price(p, &key("per_million_tokens"), m.per_million_tokens),
+            reserve_tokens: m
+                .reserve_tokens
+                .map(|n| p.positive(&key("reserve_tokens"), Some(n), 1, i64::MAX) as u64),
+            frames_per_second: p.positive(
+                &key("frames_per_second"),
+                m.frames_per_second,
+                i64::from(DEFAULT_FRAMES_PER_SECOND),
+                240,
+            ) as u32,
+        };
+        if models.insert(model.clone(), price).is_some() {
+            p.push(key("model"), format!("{model:?} is priced twice"));
+        }
+    }
+    PricingConfig {
+        currency,
+        default_reserve_tokens: p.positive(
+            "pricing.default_reserve_tokens",
+            raw.default_reserve_tokens,
+            DEFAULT_RESERVE_TOKENS as i64,
+            i64::MAX,
+        ) as u64,
+        default_per_million_tokens: validate_price(
+            p,
+            "pricing.default_per_million_tokens",
+            raw.default_per_million_tokens,
+        ),
+        models,
+        configured: true,
+    }
 }
 
 fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {

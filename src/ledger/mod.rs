@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::spend::{Admission, Day, Observation, Refusal, Settlement, TaskSpend, TenantCounts, UsageRow};
+
 pub use crate::backend::redb::RedbLedger;
 #[cfg(feature = "fault-injection")]
 pub use crate::backend::redb::StoreFaults;
@@ -55,7 +57,7 @@ pub enum TaskSource {
 }
 
 /// One ownership record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub task_id: String,
     pub tenant: String,
@@ -66,6 +68,9 @@ pub struct TaskRecord {
     pub client_request_id: Option<String>,
     pub state: TaskState,
     pub source: TaskSource,
+    /// The mirror of Ark's status and usage, and what the task holds in the counts.
+    #[serde(default)]
+    pub spend: TaskSpend,
 }
 
 /// A task in a tenant's list index (newest first), without the full record.
@@ -84,6 +89,8 @@ pub struct CreateIntent {
     pub tenant: String,
     pub idempotency_key: Option<String>,
     pub at_ms: u64,
+    /// The slot and reservation to hold, checked against the limits with the counts.
+    pub admission: Option<Admission>,
 }
 
 /// What [`Ledger::begin_create`] decided.
@@ -95,6 +102,8 @@ pub enum BeginOutcome {
     Replay { task_id: String },
     /// The same key is in flight, or its earlier create has an unknown outcome.
     Conflict,
+    /// A quota or budget would be exceeded: nothing was held.
+    Refused(Refusal),
 }
 
 /// How a create that did not produce an owned task ended.
@@ -111,6 +120,16 @@ pub struct SweepReport {
     pub tasks: usize,
     pub idempotency_keys: usize,
     pub intents: usize,
+    pub usage_days: usize,
+}
+
+/// What the sweep drops: tasks, keys and intents, and usage aggregates, each
+/// older than its own retention (Unix ms).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepBefore {
+    pub tasks_ms: u64,
+    pub keys_ms: u64,
+    pub usage_ms: u64,
 }
 
 /// The state of an Idempotency-Key, as both stores keep it.
@@ -154,9 +173,24 @@ pub trait Ledger: Send + Sync + 'static {
     fn grant<'a>(&'a self, tenant: &'a str, task_ids: &'a [String], at_ms: u64) -> LedgerFuture<'a, usize>;
     /// Removes tasks from the ledger (admin). Returns how many existed.
     fn revoke<'a>(&'a self, task_ids: &'a [String]) -> LedgerFuture<'a, usize>;
-    /// Drops tasks created before `tasks_before_ms`, and idempotency keys and
-    /// intents older than `keys_before_ms`.
-    fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport>;
+    /// Drops what is older than its retention; a dropped task that never
+    /// ended is settled as expired first.
+    fn sweep(&self, before: SweepBefore) -> LedgerFuture<'_, SweepReport>;
+    /// Records what Ark said about an owned task; settles it (exactly once)
+    /// when it ended. Writes only when something changed.
+    fn observe<'a>(&'a self, task_id: &'a str, observation: Observation) -> LedgerFuture<'a, Option<Settlement>>;
+    /// Owned tasks not yet seen to end (what the reconciler asks Ark about), at most `limit`.
+    fn open_tasks(&self, limit: usize) -> LedgerFuture<'_, Vec<String>>;
+    /// A tenant's active slots and its current day's and month's totals.
+    fn tenant_counts<'a>(&'a self, tenant: &'a str, now_ms: u64) -> LedgerFuture<'a, TenantCounts>;
+    /// Active slots of the whole account.
+    fn account_active(&self) -> LedgerFuture<'_, u64>;
+    /// Usage aggregates per tenant, model and day, `from..=to`.
+    fn usage_rows<'a>(&'a self, tenant: Option<&'a str>, from: Day, to: Day) -> LedgerFuture<'a, Vec<UsageRow>>;
+    /// Whether this process may run the reconciler now (one replica at a time).
+    fn reconcile_lease<'a>(&'a self, _holder: &'a str, _ttl: Duration) -> LedgerFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
     /// Number of ownership records.
     fn task_count(&self) -> Result<u64, LedgerError>;
     /// Whether the store answers (for `/readyz`).

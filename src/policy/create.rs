@@ -21,6 +21,8 @@ use crate::request_id::RequestId;
 use crate::route::{Operation, TaskId};
 
 use crate::error::GatewayError;
+use crate::reload::SpendSettings;
+use crate::spend::{day_of, month_of, token_cost_micros, Admission, ArkStatus, Refusal, TaskSpend, Window};
 use crate::tenant::Tenant;
 
 /// Reads at most `limit` bytes of body within `timeout`. A declared length over
@@ -56,6 +58,7 @@ where
 #[derive(Deserialize)]
 struct CreateProbe {
     model: Option<String>,
+    callback_url: Option<serde_json::Value>,
 }
 
 /// Checks that the body is a JSON object with a string `model` the tenant may
@@ -75,10 +78,19 @@ pub(super) fn check_create_body(body: &[u8], tenant: &Tenant) -> Result<String, 
         .model
         .filter(|m| !m.is_empty())
         .ok_or(GatewayError::MissingModel)?;
-    match &tenant.models {
-        Some(allowed) if !allowed.contains(&model) => Err(GatewayError::ModelNotAllowed),
-        _ => Ok(model),
+    if let Some(allowed) = &tenant.models {
+        if !allowed.contains(&model) {
+            return Err(GatewayError::ModelNotAllowed);
+        }
     }
+    if let (Some(hosts), Some(url)) = (&tenant.callback_hosts, &probe.callback_url) {
+        // Anything but a string on an allowed host is refused, `null` included:
+        // Ark's reading of an odd value is not ours to guess.
+        if !url.as_str().is_some_and(|url| hosts.allows(url)) {
+            return Err(GatewayError::CallbackNotAllowed);
+        }
+    }
+    Ok(model)
 }
 
 /// The optional `Idempotency-Key`: 1-255 visible ASCII characters.
@@ -100,16 +112,56 @@ struct CreatedTask {
     id: String,
 }
 
+/// The slot and reservation a create asks for, and the limits they are checked against.
+fn admission(spend: &SpendSettings, tenant: &Tenant, model: &str, body: &[u8], at_ms: u64) -> Admission {
+    let pricing = &spend.pricing;
+    let reserved_tokens = crate::spend::reserve_tokens(pricing, model, body);
+    let per_million_tokens = pricing.price_of(model);
+    Admission {
+        model: model.to_string(),
+        reserved_tokens,
+        reserved_cost_micros: token_cost_micros(reserved_tokens, per_million_tokens),
+        per_million_tokens,
+        day: day_of(at_ms),
+        month: month_of(at_ms),
+        tenant_max_active: tenant.max_active_tasks,
+        account_max_active: spend.account_max_active,
+        limits: Window::ALL
+            .into_iter()
+            .filter_map(|w| Some((w, w.limit(&tenant.budget)?)))
+            .collect(),
+        lease_until_ms: at_ms + spend.lease.as_millis() as u64,
+    }
+}
+
+/// How long until a refused create may succeed.
+fn refusal_error(refusal: Refusal, now_ms: u64) -> GatewayError {
+    match refusal {
+        // A slot frees when a task ends: nobody knows when; a reconcile interval is a fair guess.
+        Refusal::ActiveTasks => GatewayError::ActiveTaskQuota {
+            retry_after: Duration::from_secs(15),
+        },
+        Refusal::Budget(window) => GatewayError::BudgetExceeded {
+            window,
+            retry_after: Duration::from_millis(window.resets_at_ms(now_ms).saturating_sub(now_ms)),
+        },
+    }
+}
+
 /// Create: reserve (durably) → forward → record the owner (durably) → answer.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn create<S: Upstream>(
     inner: S,
     ledger: &dyn Ledger,
+    spend: &SpendSettings,
     tenant: &Tenant,
     note: &AuditNote,
     parts: Parts,
     body: Bytes,
     model: String,
 ) -> Result<GatewayResponse, GatewayError> {
+    let at_ms = now_ms();
+    let admission = admission(spend, tenant, &model, &body, at_ms);
     let intent = CreateIntent {
         intent_id: parts
             .extensions
@@ -120,7 +172,8 @@ pub(super) async fn create<S: Upstream>(
             .to_string(),
         tenant: tenant.name.as_str().to_string(),
         idempotency_key: idempotency_key(&parts.headers)?,
-        at_ms: now_ms(),
+        at_ms,
+        admission: Some(admission.clone()),
     };
     let client_request_id = crate::audit::recorded_id(&parts.headers, &crate::audit::X_CLIENT_REQUEST_ID);
     match ledger.begin_create(intent.clone()).await {
@@ -129,6 +182,7 @@ pub(super) async fn create<S: Upstream>(
             return Err(GatewayError::LedgerUnavailable);
         }
         Ok(BeginOutcome::Conflict) => return Err(GatewayError::IdempotencyConflict),
+        Ok(BeginOutcome::Refused(refusal)) => return Err(refusal_error(refusal, at_ms)),
         Ok(BeginOutcome::Replay { task_id }) => {
             note.record(|facts| {
                 facts.task_id = TaskId::parse(&task_id);
@@ -184,6 +238,14 @@ pub(super) async fn create<S: Upstream>(
         client_request_id,
         state: TaskState::Active,
         source: TaskSource::Created,
+        spend: TaskSpend {
+            status: Some(ArkStatus::Queued),
+            reserved_tokens: admission.reserved_tokens,
+            reserved_cost_micros: admission.reserved_cost_micros,
+            per_million_tokens: admission.per_million_tokens,
+            holds_slot: true,
+            ..TaskSpend::default()
+        },
     };
     note.record(|facts| facts.task_id = Some(task_id.clone()));
     if let Err(e) = ledger.complete_create(intent, record).await {

@@ -2,7 +2,9 @@ use std::sync::Arc;
 
 use tower::Layer;
 
+use super::service::Book;
 use super::PolicyService;
+use crate::metrics::Metrics;
 use crate::ledger::Ledger;
 use crate::reload::SharedSnapshot;
 
@@ -10,11 +12,12 @@ use crate::reload::SharedSnapshot;
 pub struct PolicyLayer {
     shared: SharedSnapshot,
     ledger: Arc<dyn Ledger>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyLayer {
-    pub fn new(shared: SharedSnapshot, ledger: Arc<dyn Ledger>) -> Self {
-        Self { shared, ledger }
+    pub fn new(shared: SharedSnapshot, ledger: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Self {
+        Self { shared, ledger, metrics }
     }
 }
 
@@ -25,7 +28,10 @@ impl<S> Layer<S> for PolicyLayer {
         PolicyService {
             inner,
             shared: self.shared.clone(),
-            ledger: Arc::new(self.ledger.clone()),
+            ledger: Arc::new(Book {
+                ledger: self.ledger.clone(),
+                metrics: self.metrics.clone(),
+            }),
         }
     }
 }

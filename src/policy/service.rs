@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 
 use super::create::{check_create_body, create, read_body};
@@ -20,6 +20,9 @@ use super::{ListQuery, PolicyLimits, UpstreamQuery};
 use crate::audit::AuditNote;
 use crate::error::{GatewayError, GatewayResponse};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::reload::SpendSettings;
+use crate::spend::Observation;
 use crate::reload::{SharedSnapshot, Snapshot};
 use crate::route::{route, Operation, TaskId};
 use crate::tenant::Tenant;
@@ -31,10 +34,17 @@ pub struct PolicyService<S> {
     pub(super) ledger: WorkerLedger,
 }
 
-/// The shared ledger behind a reference count of this stack's own (each
-/// worker builds its stack once): the clone every request takes then writes
-/// a cache line of this worker's, not one that every worker writes.
-pub(super) type WorkerLedger = Arc<Arc<dyn Ledger>>;
+/// The shared ledger (and the metrics its settlements count in) behind a
+/// reference count of this stack's own (each worker builds its stack once):
+/// the clone every request takes then writes a cache line of this worker's,
+/// not one that every worker writes.
+pub(super) type WorkerLedger = Arc<Book>;
+
+/// The ledger and the metrics of the spend it records.
+pub(crate) struct Book {
+    pub(super) ledger: Arc<dyn Ledger>,
+    pub(super) metrics: Arc<Metrics>,
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,18 +77,24 @@ where
         // Keep the service that was polled ready; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let limits = match req.extensions().get::<Arc<Snapshot>>() {
-            Some(snapshot) => snapshot.limits,
-            None => self.shared.load().limits,
+        // The snapshot the request was authenticated under; without one (a
+        // stack built without authentication), the live one.
+        let (limits, fallback) = match req.extensions().get::<Arc<Snapshot>>() {
+            Some(snapshot) => (snapshot.limits, None),
+            None => {
+                let live = self.shared.load();
+                (live.limits, Some(live.spend.clone()))
+            }
         };
-        Box::pin(decide(inner, limits, self.ledger.clone(), req))
+        Box::pin(decide(inner, limits, fallback, self.ledger.clone(), req))
     }
 }
 
 async fn decide<S, B>(
     inner: S,
     limits: PolicyLimits,
-    ledger: WorkerLedger,
+    fallback: Option<Arc<SpendSettings>>,
+    book: WorkerLedger,
     req: Request<B>,
 ) -> Result<GatewayResponse, GatewayError>
 where
@@ -101,25 +117,39 @@ where
     if !tenant.operations.contains(operation) {
         return Err(GatewayError::OperationNotAllowed(operation));
     }
+    let ledger = &*book.ledger;
     match (operation, routed.task_id) {
         (Operation::Get, Some(id)) => {
-            authorize_task(&**ledger, &tenant, &id).await?;
+            authorize_task(ledger, &tenant, &id).await?;
             let (parts, _unread_body) = req.into_parts();
-            inner
-                .oneshot(upstream_request(parts, operation, Some(id), None, Bytes::new()))
-                .await
+            let response = inner
+                .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
+                .await?;
+            Ok(mirror_get(&book, &id, response).await)
         }
         (Operation::Delete, Some(id)) => {
             Box::pin(async {
-                authorize_task(&**ledger, &tenant, &id).await?;
+                authorize_task(ledger, &tenant, &id).await?;
                 let (parts, _unread_body) = req.into_parts();
+                // A finished task is gone after its delete: learn its usage first.
+                if needs_settling(ledger, &id).await {
+                    let probe = probe_parts(&parts);
+                    let answer = inner
+                        .clone()
+                        .oneshot(upstream_request(probe, Operation::Get, Some(id.clone()), None, Bytes::new()))
+                        .await;
+                    if let Ok(answer) = answer {
+                        mirror_get(&book, &id, answer).await;
+                    }
+                }
                 let probe = copy_parts(&parts);
                 let response = inner
                     .clone()
                     .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
                     .await?;
                 if response.status() == StatusCode::OK {
-                    record_delete_outcome(inner, probe, &**ledger, &id).await;
+                    record_delete_outcome(inner, probe, ledger, &id).await;
+                    crate::spend::record(ledger, &book.metrics, id.as_str(), Observation::Deleted).await;
                 }
                 Ok(response)
             })
@@ -133,20 +163,72 @@ where
                 let (parts, body) = req.into_parts();
                 let body = read_body(&parts.headers, body, limits.max_body_bytes, limits.request_timeout).await?;
                 let model = check_create_body(&body, &tenant)?;
-                create(inner, &**ledger, &tenant, &note, parts, body, model).await
+                let spend = match parts.extensions.get::<Arc<Snapshot>>() {
+                    Some(snapshot) => snapshot.spend.clone(),
+                    None => fallback.ok_or(GatewayError::UnknownCredential)?,
+                };
+                let created = create(inner, ledger, &spend, &tenant, &note, parts, body, model).await;
+                if let Err(refusal @ (GatewayError::ActiveTaskQuota { .. } | GatewayError::BudgetExceeded { .. })) = &created {
+                    book.metrics.quota_rejection(&tenant.name, refusal.reason());
+                }
+                created
             })
             .await
         }
         (Operation::List, _) => {
             Box::pin(async {
                 let query = ListQuery::parse(req.uri().query())?;
-                let candidates = list_candidates(&**ledger, &tenant, &query).await?;
+                let candidates = list_candidates(ledger, &tenant, &query).await?;
                 let (parts, _unread_body) = req.into_parts();
-                list(inner, parts, &query, candidates, &note).await
+                let response = list(inner, parts, &query, candidates, &note).await?;
+                if response.status() != StatusCode::OK {
+                    return Ok(response);
+                }
+                let (head, body) = response.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                crate::spend::record_list(ledger, &book.metrics, &body).await;
+                Ok(Response::from_parts(head, Full::new(body)))
             })
             .await
         }
         (Operation::Get | Operation::Delete, None) => Err(GatewayError::NoRoute),
+    }
+}
+
+/// Whether the ledger still waits for this task's final usage.
+async fn needs_settling(ledger: &dyn Ledger, id: &TaskId) -> bool {
+    match ledger.owner_of(id.as_str()).await {
+        Ok(Some(record)) => !record.spend.settled,
+        _ => false,
+    }
+}
+
+/// The gateway's own GET of a task, on the client's connection facts: it must
+/// not overwrite the client's upstream status in the audit record.
+fn probe_parts(parts: &Parts) -> Parts {
+    let mut probe = copy_parts(parts);
+    probe.extensions.remove::<AuditNote>();
+    probe.method = http::Method::GET;
+    probe
+}
+
+/// Records a get's answer in the mirror (a 404: Ark no longer knows the task)
+/// and hands the answer back unchanged.
+async fn mirror_get(book: &Book, id: &TaskId, response: GatewayResponse) -> GatewayResponse {
+    match response.status() {
+        StatusCode::OK => {
+            let (head, body) = response.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if let Some(observation) = crate::spend::observe_task_json(&body) {
+                crate::spend::record(&*book.ledger, &book.metrics, id.as_str(), observation).await;
+            }
+            Response::from_parts(head, Full::new(body))
+        }
+        StatusCode::NOT_FOUND => {
+            crate::spend::record(&*book.ledger, &book.metrics, id.as_str(), Observation::Gone).await;
+            response
+        }
+        _ => response,
     }
 }
 

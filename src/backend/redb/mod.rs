@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod owner_cache;
+mod spend;
 
 #[cfg(feature = "fault-injection")]
 pub use faults::StoreFaults;
@@ -44,6 +45,9 @@ struct IntentEntry {
     tenant: String,
     idempotency_key: Option<String>,
     at_ms: u64,
+    /// The slot and reservation it holds (given back at most once).
+    #[serde(default)]
+    held: Option<spend::Held>,
 }
 
 enum Op {
@@ -51,9 +55,10 @@ enum Op {
     Complete(CreateIntent, TaskRecord),
     Abandon(CreateIntent, CreateFate),
     SetState(String, TaskState),
+    Observe(String, crate::spend::Observation),
     Grant(String, Vec<String>, u64),
     Revoke(Vec<String>),
-    Sweep(u64, u64),
+    Sweep(SweepBefore),
 }
 
 enum Outcome {
@@ -61,6 +66,7 @@ enum Outcome {
     Unit,
     Count(usize),
     Swept(SweepReport),
+    Settled(Option<crate::spend::Settlement>),
 }
 
 struct WriteRequest {
@@ -136,6 +142,8 @@ impl RedbLedger {
             txn.open_table(BY_TENANT).map_err(unavailable)?;
             txn.open_table(KEYS).map_err(unavailable)?;
             txn.open_table(INTENTS).map_err(unavailable)?;
+            spend::open_tables(&txn)?;
+            release_dead_intents(&txn)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -179,6 +187,53 @@ impl RedbLedger {
     }
 }
 
+/// The file is locked to one process: every intent in it belongs to a
+/// process that died mid-create. Their slots and reservations are given back
+/// (the intents stay, reported by [`RedbLedger::unsettled_creates`]).
+fn release_dead_intents(txn: &WriteTransaction) -> Result<(), LedgerError> {
+    let dead: Vec<(String, IntentEntry)> = {
+        let intents = txn.open_table(INTENTS).map_err(unavailable)?;
+        let mut dead = Vec::new();
+        for entry in intents.iter().map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            if let Ok(intent) = serde_json::from_slice::<IntentEntry>(v.value()) {
+                if intent.held.is_some() {
+                    dead.push((k.value().to_string(), intent));
+                }
+            }
+        }
+        dead
+    };
+    for (id, mut intent) in dead {
+        if let Some(held) = intent.held.take() {
+            spend::release(txn, &intent.tenant, &held)?;
+        }
+        let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+        intents
+            .insert(id.as_str(), serde_json::to_vec(&intent).expect("serializes").as_slice())
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Gives back what an intent held, and removes it.
+fn close_intent(txn: &WriteTransaction, intent_id: &str, give_back: bool) -> Result<(), LedgerError> {
+    let entry = {
+        let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
+        let removed = intents.remove(intent_id).map_err(unavailable)?;
+        removed.and_then(|v| serde_json::from_slice::<IntentEntry>(v.value()).ok())
+    };
+    if let Some(IntentEntry {
+        tenant, held: Some(held), ..
+    }) = entry
+    {
+        if give_back {
+            spend::release(txn, &tenant, &held)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver<WriteRequest>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = queue.blocking_recv() {
@@ -206,7 +261,7 @@ fn touched_owners(op: &Op) -> Touches<'_> {
         Op::Complete(_, record) => Touches::Tasks(vec![record.task_id.as_str()]),
         Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
         Op::Sweep(..) => Touches::Every,
-        Op::Begin(_) | Op::Abandon(..) | Op::SetState(..) => Touches::Nothing,
+        Op::Begin(_) | Op::Abandon(..) | Op::SetState(..) | Op::Observe(..) => Touches::Nothing,
     }
 }
 
@@ -334,7 +389,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
     match op {
         Op::Begin(intent) => {
             if let Some(key) = &intent.idempotency_key {
-                let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
+                let keys = txn.open_table(KEYS).map_err(unavailable)?;
                 let existing = keys
                     .get((intent.tenant.as_str(), key.as_str()))
                     .map_err(unavailable)?
@@ -346,6 +401,14 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                         _ => BeginOutcome::Conflict,
                     }));
                 }
+            }
+            if let Some(admission) = &intent.admission {
+                if let Some(refusal) = spend::admit(txn, &intent.tenant, admission)? {
+                    return Ok(Outcome::Begin(BeginOutcome::Refused(refusal)));
+                }
+            }
+            if let Some(key) = &intent.idempotency_key {
+                let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
                 put_key(&mut keys, intent, key, KeyStatus::Pending, None)?;
             }
             let mut intents = txn.open_table(INTENTS).map_err(unavailable)?;
@@ -353,6 +416,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                 tenant: intent.tenant.clone(),
                 idempotency_key: intent.idempotency_key.clone(),
                 at_ms: intent.at_ms,
+                held: intent.admission.as_ref().map(spend::Held::of),
             };
             intents
                 .insert(
@@ -364,10 +428,15 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
         }
         Op::Complete(intent, record) => {
             put_task(txn, record)?;
+            spend::created(txn, record)?;
+            // The task takes over the intent's slot and reservation.
+            close_intent(txn, &intent.intent_id, false)?;
             settle(txn, intent, KeyStatus::Done, Some(record.task_id.clone()))?;
             Ok(Outcome::Unit)
         }
         Op::Abandon(intent, fate) => {
+            // Nothing owned was created (or it cannot be found): give the slot back.
+            close_intent(txn, &intent.intent_id, true)?;
             let status = match fate {
                 CreateFate::Failed => None,
                 CreateFate::Unknown => Some(KeyStatus::Unknown),
@@ -385,6 +454,18 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                 }
             }
             Ok(Outcome::Unit)
+        }
+        Op::Observe(task_id, observation) => {
+            let Some(mut record) = read_task(txn, task_id)? else {
+                return Ok(Outcome::Settled(None));
+            };
+            match spend::apply_observation(txn, &mut record, *observation)? {
+                None => Ok(Outcome::Settled(None)),
+                Some(settled) => {
+                    put_task(txn, &record)?;
+                    Ok(Outcome::Settled(settled))
+                }
+            }
         }
         Op::SetState(task_id, state) => {
             if let Some(mut record) = read_task(txn, task_id)? {
@@ -408,21 +489,32 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                         client_request_id: None,
                         state: TaskState::Active,
                         source: TaskSource::Granted,
+                        spend: Default::default(),
                     },
                 };
                 put_task(txn, &record)?;
+                let mut open = txn.open_table(spend::OPEN).map_err(unavailable)?;
+                if !record.spend.settled {
+                    open.insert(record.task_id.as_str(), record.created_ms)
+                        .map_err(unavailable)?;
+                }
             }
             Ok(Outcome::Count(ids.len()))
         }
         Op::Revoke(ids) => {
             let mut removed = 0;
             for id in ids {
+                expire_unsettled(txn, id)?;
                 removed += usize::from(remove_task(txn, id)?);
             }
             Ok(Outcome::Count(removed))
         }
-        Op::Sweep(tasks_before, keys_before) => {
-            let mut report = SweepReport::default();
+        Op::Sweep(before) => {
+            let (tasks_before, keys_before) = (&before.tasks_ms, &before.keys_ms);
+            let mut report = SweepReport {
+                usage_days: spend::sweep_usage(txn, &crate::spend::day_of(before.usage_ms))?,
+                ..SweepReport::default()
+            };
             let old_tasks: Vec<String> = {
                 let tasks = txn.open_table(TASKS).map_err(unavailable)?;
                 let mut old = Vec::new();
@@ -438,6 +530,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                 old
             };
             for id in &old_tasks {
+                expire_unsettled(txn, id)?;
                 report.tasks += usize::from(remove_task(txn, id)?);
             }
             let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
@@ -462,6 +555,19 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
             Ok(Outcome::Swept(report))
         }
     }
+}
+
+/// A task leaving the ledger before it was seen to end is settled as expired,
+/// so its slot and reservation do not outlive it.
+fn expire_unsettled(txn: &WriteTransaction, task_id: &str) -> Result<(), LedgerError> {
+    if let Some(mut record) = read_task(txn, task_id)? {
+        if !record.spend.settled && record.source == TaskSource::Created {
+            spend::apply_observation(txn, &mut record, crate::spend::Observation::Gone)?;
+        }
+        let mut open = txn.open_table(spend::OPEN).map_err(unavailable)?;
+        open.remove(task_id).map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// Records where an intent's `Idempotency-Key` stands.
@@ -630,13 +736,113 @@ impl Ledger for RedbLedger {
         Box::pin(async move { expect_count(self.write(Op::Revoke(task_ids.to_vec())).await?) })
     }
 
-    fn sweep(&self, tasks_before_ms: u64, keys_before_ms: u64) -> LedgerFuture<'_, SweepReport> {
+    fn sweep(&self, before: SweepBefore) -> LedgerFuture<'_, SweepReport> {
         Box::pin(async move {
-            match self.write(Op::Sweep(tasks_before_ms, keys_before_ms)).await? {
+            match self.write(Op::Sweep(before)).await? {
                 Outcome::Swept(report) => Ok(report),
                 _ => Err(unavailable("unexpected ledger outcome")),
             }
         })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        task_id: &'a str,
+        observation: crate::spend::Observation,
+    ) -> LedgerFuture<'a, Option<crate::spend::Settlement>> {
+        // Most answers repeat what the mirror knows: a read (which never waits
+        // for the writer) decides whether there is anything to write.
+        let changes = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+            let value = tasks.get(task_id).map_err(unavailable)?;
+            Ok::<_, LedgerError>(value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok()).is_some_and(
+                |record| crate::spend::transition(&record, observation).is_some(),
+            ))
+        })();
+        Box::pin(async move {
+            if !changes? {
+                return Ok(None);
+            }
+            match self.write(Op::Observe(task_id.to_string(), observation)).await? {
+                Outcome::Settled(settled) => Ok(settled),
+                _ => Err(unavailable("unexpected ledger outcome")),
+            }
+        })
+    }
+
+    fn open_tasks(&self, limit: usize) -> LedgerFuture<'_, Vec<String>> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let open = txn.open_table(spend::OPEN).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in open.iter().map_err(unavailable)?.take(limit) {
+                out.push(entry.map_err(unavailable)?.0.value().to_string());
+            }
+            Ok(out)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn tenant_counts<'a>(&'a self, tenant: &'a str, now_ms: u64) -> LedgerFuture<'a, crate::spend::TenantCounts> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let active = txn.open_table(spend::ACTIVE).map_err(unavailable)?;
+            let windows = txn.open_table(spend::WINDOWS).map_err(unavailable)?;
+            let totals = |period: &str| -> Result<crate::spend::WindowTotals, LedgerError> {
+                Ok(windows
+                    .get((tenant, period))
+                    .map_err(unavailable)?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok())
+                    .unwrap_or_default())
+            };
+            Ok(crate::spend::TenantCounts {
+                active: active.get(tenant).map_err(unavailable)?.map_or(0, |v| v.value()),
+                day: totals(&crate::spend::day_of(now_ms))?,
+                month: totals(&crate::spend::month_of(now_ms))?,
+            })
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn account_active(&self) -> LedgerFuture<'_, u64> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let active = txn.open_table(spend::ACTIVE).map_err(unavailable)?;
+            Ok(active.get("").map_err(unavailable)?.map_or(0, |v| v.value()))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn usage_rows<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        from: crate::spend::Day,
+        to: crate::spend::Day,
+    ) -> LedgerFuture<'a, Vec<crate::spend::UsageRow>> {
+        let result = (|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let usage = txn.open_table(spend::USAGE).map_err(unavailable)?;
+            let (from, to) = (from.label(), to.label());
+            let mut out = Vec::new();
+            for entry in usage.iter().map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                let (t, day, model) = k.value();
+                if tenant.is_some_and(|want| want != t) || day < from.as_str() || day > to.as_str() {
+                    continue;
+                }
+                if let Ok(counts) = serde_json::from_slice(v.value()) {
+                    out.push(crate::spend::UsageRow {
+                        tenant: t.to_string(),
+                        model: model.to_string(),
+                        day: day.to_string(),
+                        counts,
+                    });
+                }
+            }
+            Ok(out)
+        })();
+        Box::pin(std::future::ready(result))
     }
 
     fn task_count(&self) -> Result<u64, LedgerError> {

@@ -14,23 +14,16 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
+use super::spend::{self as counts, Held, Ops};
 use super::{Redis, RedisDown};
 use crate::ledger::*;
-
-/// Reserve an Idempotency-Key and record the intent, atomically; or return
-/// the key's current state.
-const BEGIN: &str = r#"
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return false
-"#;
+use crate::spend::{day_of, month_of, transition, Day, Observation, Settlement, TenantCounts, UsageCounts, UsageRow, WindowTotals};
 
 pub struct RedisLedger {
     redis: Arc<Redis>,
     retention: Duration,
-    begin: redis::Script,
+    usage_retention: Duration,
+    admit: redis::Script,
 }
 
 fn unavailable(e: RedisDown) -> LedgerError {
@@ -42,8 +35,102 @@ impl RedisLedger {
         Self {
             redis,
             retention,
-            begin: redis::Script::new(BEGIN),
+            usage_retention: Duration::from_secs(400 * 86_400),
+            admit: redis::Script::new(counts::ADMIT),
         }
+    }
+
+    /// How long usage aggregates live (`store.usage_retention`).
+    pub fn with_usage_retention(mut self, usage_retention: Duration) -> Self {
+        self.usage_retention = usage_retention;
+        self
+    }
+
+    fn usage_key(&self, tenant: &str, day: &str) -> String {
+        self.redis.key(&format!("usage:{tenant}:{day}"))
+    }
+
+    fn window_key(&self, tenant: &str, period: &str) -> String {
+        self.redis.key(&format!("win:{tenant}:{period}"))
+    }
+
+    fn active_key(&self, tenant: &str) -> String {
+        self.redis.key(&format!("active:{tenant}"))
+    }
+
+    /// The commands that close an intent: its hold given back, or taken over by its task.
+    fn close_intent(&self, pipe: &mut redis::Pipeline, intent_id: &str, take_over: bool) {
+        pipe.cmd("EVAL")
+            .arg(counts::CLOSE_INTENT)
+            .arg(0)
+            .arg(self.redis.key(""))
+            .arg(intent_id)
+            .arg(if take_over { "1" } else { "0" })
+            .ignore();
+    }
+
+    async fn totals(&self, tenant: &str, period: &str) -> Result<WindowTotals, LedgerError> {
+        let mut conn = self.redis.conn();
+        let v: Vec<Option<u64>> = self
+            .redis
+            .observe(
+                redis::cmd("HMGET")
+                    .arg(self.window_key(tenant, period))
+                    .arg(&["ut", "rt", "uc", "rc"])
+                    .query_async(&mut conn)
+                    .await,
+            )
+            .map_err(unavailable)?;
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok(WindowTotals {
+            used_tokens: at(0),
+            reserved_tokens: at(1),
+            used_cost_micros: at(2),
+            reserved_cost_micros: at(3),
+        })
+    }
+
+    /// The counter changes of an observation's transition.
+    fn transition_ops(&self, record: &TaskRecord, change: &crate::spend::Transition) -> Ops {
+        let mut ops = Ops::default();
+        let tenant = &record.tenant;
+        if change.take_slot {
+            ops.incr(self.active_key(tenant), 1);
+            ops.incr(self.redis.key("account:active"), 1);
+        }
+        if let Some(s) = &change.settlement {
+            let (day, month) = (day_of(record.created_ms), month_of(record.created_ms));
+            for period in [&day, &month] {
+                let key = self.window_key(tenant, period);
+                ops.hincr(&key, "rt", -(record.spend.reserved_tokens as i64), counts::WINDOW_TTL_MS);
+                ops.hincr(&key, "rc", -(record.spend.reserved_cost_micros as i64), counts::WINDOW_TTL_MS);
+                ops.hincr(&key, "ut", s.tokens as i64, counts::WINDOW_TTL_MS);
+                ops.hincr(&key, "uc", s.cost_micros as i64, counts::WINDOW_TTL_MS);
+            }
+            let usage = self.usage_key(tenant, &day);
+            let ttl = self.usage_retention.as_millis() as u64;
+            let add = UsageCounts::of_settlement(s);
+            for (field, n) in [
+                ("succeeded", add.succeeded),
+                ("failed", add.failed),
+                ("cancelled", add.cancelled),
+                ("expired", add.expired),
+                ("tokens", add.tokens),
+                ("cost_micros", add.cost_micros),
+                ("estimated", add.estimated),
+            ] {
+                if n > 0 {
+                    ops.hincr(&usage, &counts::usage_field(&s.model, field), n as i64, ttl);
+                }
+            }
+            ops.sadd(self.redis.key("usage-tenants"), tenant);
+            if change.free_slot {
+                ops.incr(self.active_key(tenant), -1);
+                ops.incr(self.redis.key("account:active"), -1);
+            }
+            ops.srem(self.redis.key("open"), &record.task_id);
+        }
+        ops
     }
 
     fn task_key(&self, id: &str) -> String {
@@ -185,47 +272,77 @@ impl RedisLedger {
 impl Ledger for RedisLedger {
     fn begin_create(&self, intent: CreateIntent) -> LedgerFuture<'_, BeginOutcome> {
         Box::pin(async move {
-            let intent_json = serde_json::json!({"tenant": intent.tenant, "at_ms": intent.at_ms}).to_string();
+            let held = intent.admission.as_ref().map(Held::of);
+            let intent_json =
+                serde_json::json!({"tenant": intent.tenant, "at_ms": intent.at_ms, "held": held}).to_string();
             let ttl = IDEMPOTENCY_WINDOW.as_millis() as u64;
-            let mut conn = self.redis.conn();
-            let Some(key) = &intent.idempotency_key else {
-                let set = redis::cmd("SET")
-                    .arg(self.intent_key(&intent.intent_id))
-                    .arg(intent_json)
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async::<()>(&mut conn)
-                    .await;
-                self.redis.observe(set).map_err(unavailable)?;
-                return Ok(BeginOutcome::Begun);
-            };
             let pending = serde_json::to_string(&KeyEntry {
                 status: KeyStatus::Pending,
                 task_id: None,
                 at_ms: intent.at_ms,
             })
             .expect("serializes");
-            let existing: Option<String> = self
+            let idem = intent
+                .idempotency_key
+                .as_ref()
+                .map_or(String::new(), |key| self.idem_key(&intent.tenant, key));
+            let mut invocation = self.admit.prepare_invoke();
+            invocation
+                .key(idem)
+                .key(self.intent_key(&intent.intent_id))
+                .key(&intent.intent_id)
+                .arg(self.redis.key(""))
+                .arg(now_ms())
+                .arg(pending)
+                .arg(intent_json)
+                .arg(ttl);
+            let limit = |n: Option<u64>| n.map_or(-1, |n| n as i64);
+            match &intent.admission {
+                Some(a) => {
+                    invocation
+                        .arg(a.lease_until_ms)
+                        .arg(&intent.tenant)
+                        .arg(limit(a.tenant_max_active))
+                        .arg(limit(a.account_max_active))
+                        .arg(a.reserved_tokens)
+                        .arg(a.reserved_cost_micros)
+                        .arg(&a.day)
+                        .arg(&a.month)
+                        .arg(counts::WINDOW_TTL_MS);
+                    for (window, value) in &a.limits {
+                        invocation.arg(window.as_str()).arg(*value);
+                    }
+                }
+                None => {
+                    let day = day_of(intent.at_ms);
+                    invocation
+                        .arg(intent.at_ms + ttl)
+                        .arg("")
+                        .arg(-1)
+                        .arg(-1)
+                        .arg(0)
+                        .arg(0)
+                        .arg(&day)
+                        .arg(&day[..7])
+                        .arg(counts::WINDOW_TTL_MS);
+                }
+            }
+            let mut conn = self.redis.conn();
+            let answer: Vec<String> = self
                 .redis
-                .observe(
-                    self.begin
-                        .key(self.idem_key(&intent.tenant, key))
-                        .key(self.intent_key(&intent.intent_id))
-                        .arg(pending)
-                        .arg(intent_json)
-                        .arg(ttl)
-                        .invoke_async(&mut conn)
-                        .await,
-                )
+                .observe(invocation.invoke_async(&mut conn).await)
                 .map_err(unavailable)?;
-            Ok(match existing.and_then(|j| serde_json::from_str::<KeyEntry>(&j).ok()) {
-                None => BeginOutcome::Begun,
-                Some(KeyEntry {
-                    status: KeyStatus::Done,
-                    task_id: Some(task_id),
-                    ..
-                }) => BeginOutcome::Replay { task_id },
-                Some(_) => BeginOutcome::Conflict,
+            Ok(match answer.first().map(String::as_str) {
+                Some("refused") => BeginOutcome::Refused(counts::refusal_of(answer.get(1).map_or("", |s| s.as_str()))),
+                Some("key") => match answer.get(1).and_then(|j| serde_json::from_str::<KeyEntry>(j).ok()) {
+                    Some(KeyEntry {
+                        status: KeyStatus::Done,
+                        task_id: Some(task_id),
+                        ..
+                    }) => BeginOutcome::Replay { task_id },
+                    _ => BeginOutcome::Conflict,
+                },
+                _ => BeginOutcome::Begun,
             })
         })
     }
@@ -234,9 +351,29 @@ impl Ledger for RedisLedger {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
+            // The task takes over the intent's slot and reservation.
+            self.close_intent(&mut pipe, &intent.intent_id, true);
             self.store_record(&mut pipe, &record);
-            pipe.cmd("DEL").arg(self.intent_key(&intent.intent_id)).ignore();
             self.settle_key(&mut pipe, &intent, KeyStatus::Done, Some(record.task_id.clone()));
+            let day = day_of(record.created_ms);
+            let usage = self.usage_key(&record.tenant, &day);
+            pipe.cmd("HINCRBY")
+                .arg(&usage)
+                .arg(counts::usage_field(record.model.as_deref().unwrap_or(""), "created"))
+                .arg(1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&usage)
+                .arg(self.usage_retention.as_millis() as u64)
+                .ignore()
+                .cmd("SADD")
+                .arg(self.redis.key("usage-tenants"))
+                .arg(&record.tenant)
+                .ignore()
+                .cmd("SADD")
+                .arg(self.redis.key("open"))
+                .arg(&record.task_id)
+                .ignore();
             let mut conn = self.redis.conn();
             self.redis
                 .observe(pipe.query_async::<()>(&mut conn).await)
@@ -247,10 +384,9 @@ impl Ledger for RedisLedger {
     fn abandon_create(&self, intent: CreateIntent, fate: CreateFate) -> LedgerFuture<'_, ()> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("DEL")
-                .arg(self.intent_key(&intent.intent_id))
-                .ignore();
+            pipe.atomic();
+            // Nothing owned was created (or it cannot be found): give the hold back.
+            self.close_intent(&mut pipe, &intent.intent_id, false);
             if let Some(key) = &intent.idempotency_key {
                 match fate {
                     CreateFate::Failed => {
@@ -358,6 +494,7 @@ impl Ledger for RedisLedger {
                         client_request_id: None,
                         state: TaskState::Active,
                         source: TaskSource::Granted,
+                        spend: Default::default(),
                     },
                 };
                 self.put_record(&record, previous.as_deref()).await?;
@@ -391,7 +528,8 @@ impl Ledger for RedisLedger {
         })
     }
 
-    fn sweep(&self, tasks_before_ms: u64, _keys_before_ms: u64) -> LedgerFuture<'_, SweepReport> {
+    fn sweep(&self, before: SweepBefore) -> LedgerFuture<'_, SweepReport> {
+        let tasks_before_ms = before.tasks_ms;
         Box::pin(async move {
             // Records, keys and intents expire by TTL; only the indexes need trimming.
             let mut report = SweepReport::default();
@@ -411,6 +549,167 @@ impl Ledger for RedisLedger {
                 report.tasks += n;
             }
             Ok(report)
+        })
+    }
+
+    fn observe<'a>(&'a self, task_id: &'a str, observation: Observation) -> LedgerFuture<'a, Option<Settlement>> {
+        Box::pin(async move {
+            // A compare-and-set on the record: another replica that saw the
+            // same answer first makes this one re-read and find nothing to do.
+            for _ in 0..8 {
+                let mut conn = self.redis.conn();
+                let json: Option<String> = self
+                    .redis
+                    .observe(conn.get(self.task_key(task_id)).await)
+                    .map_err(unavailable)?;
+                let Some(json) = json else { return Ok(None) };
+                let Ok(mut record) = serde_json::from_str::<TaskRecord>(&json) else {
+                    return Ok(None);
+                };
+                let Some(change) = transition(&record, observation) else {
+                    return Ok(None);
+                };
+                let ops = self.transition_ops(&record, &change);
+                record.spend = change.next.clone();
+                let new_json = serde_json::to_string(&record).expect("records serialize");
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(counts::APPLY).arg(1).arg(self.task_key(task_id)).arg(&json).arg(new_json);
+                ops.add_to(&mut cmd);
+                let applied: i64 = self.redis.observe(cmd.query_async(&mut conn).await).map_err(unavailable)?;
+                if applied == 1 {
+                    return Ok(change.settlement);
+                }
+            }
+            Err(LedgerError::Unavailable("the task record kept changing".into()))
+        })
+    }
+
+    fn open_tasks(&self, limit: usize) -> LedgerFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let ids: Vec<String> = self
+                .redis
+                .observe(
+                    redis::cmd("SRANDMEMBER")
+                        .arg(self.redis.key("open"))
+                        .arg(limit)
+                        .query_async(&mut conn)
+                        .await,
+                )
+                .map_err(unavailable)?;
+            Ok(ids)
+        })
+    }
+
+    fn tenant_counts<'a>(&'a self, tenant: &'a str, now_ms: u64) -> LedgerFuture<'a, TenantCounts> {
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let active: Option<i64> = self
+                .redis
+                .observe(conn.get(self.active_key(tenant)).await)
+                .map_err(unavailable)?;
+            Ok(TenantCounts {
+                active: active.unwrap_or(0).max(0) as u64,
+                day: self.totals(tenant, &day_of(now_ms)).await?,
+                month: self.totals(tenant, &month_of(now_ms)).await?,
+            })
+        })
+    }
+
+    fn account_active(&self) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let active: Option<i64> = self
+                .redis
+                .observe(conn.get(self.redis.key("account:active")).await)
+                .map_err(unavailable)?;
+            Ok(active.unwrap_or(0).max(0) as u64)
+        })
+    }
+
+    fn usage_rows<'a>(&'a self, tenant: Option<&'a str>, from: Day, to: Day) -> LedgerFuture<'a, Vec<UsageRow>> {
+        Box::pin(async move {
+            let tenants: Vec<String> = match tenant {
+                Some(t) => vec![t.to_string()],
+                None => {
+                    let mut conn = self.redis.conn();
+                    self.redis
+                        .observe(conn.smembers(self.redis.key("usage-tenants")).await)
+                        .map_err(unavailable)?
+                }
+            };
+            let mut out = Vec::new();
+            for tenant in tenants {
+                let mut days = Vec::new();
+                let mut day = from;
+                while day <= to {
+                    days.push(day.label());
+                    day = day.next();
+                }
+                let mut pipe = redis::pipe();
+                for label in &days {
+                    pipe.cmd("HGETALL").arg(self.usage_key(&tenant, label));
+                }
+                let mut conn = self.redis.conn();
+                let hashes: Vec<std::collections::HashMap<String, u64>> = self
+                    .redis
+                    .observe(pipe.query_async(&mut conn).await)
+                    .map_err(unavailable)?;
+                for (label, hash) in days.iter().zip(hashes) {
+                    let mut by_model: std::collections::BTreeMap<String, UsageCounts> = Default::default();
+                    for (field, n) in hash {
+                        let Some((model, counter)) = field.rsplit_once('|') else { continue };
+                        let c = by_model.entry(model.to_string()).or_default();
+                        match counter {
+                            "created" => c.created = n,
+                            "succeeded" => c.succeeded = n,
+                            "failed" => c.failed = n,
+                            "cancelled" => c.cancelled = n,
+                            "expired" => c.expired = n,
+                            "tokens" => c.tokens = n,
+                            "cost_micros" => c.cost_micros = n,
+                            "estimated" => c.estimated = n,
+                            _ => {}
+                        }
+                    }
+                    out.extend(by_model.into_iter().map(|(model, counts)| UsageRow {
+                        tenant: tenant.clone(),
+                        model,
+                        day: label.clone(),
+                        counts,
+                    }));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn reconcile_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> LedgerFuture<'a, bool> {
+        Box::pin(async move {
+            // Take the lease if free, or extend it if this replica holds it.
+            let script = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+            let mut conn = self.redis.conn();
+            let held: i64 = self
+                .redis
+                .observe(
+                    redis::cmd("EVAL")
+                        .arg(script)
+                        .arg(1)
+                        .arg(self.redis.key("reconcile:lease"))
+                        .arg(holder)
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut conn)
+                        .await,
+                )
+                .map_err(unavailable)?;
+            Ok(held == 1)
         })
     }
 

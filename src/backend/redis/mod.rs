@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 
 mod ledger;
 mod limiter;
+mod spend;
 
 pub use ledger::RedisLedger;
 pub use limiter::RedisLimiter;
