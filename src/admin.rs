@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
+use crate::error::GatewayError;
 use crate::ledger::{now_ms, Ledger};
 use crate::metrics::Metrics;
 
@@ -78,6 +79,68 @@ pub(crate) struct AdminState {
     pub ledger: Arc<dyn Ledger>,
     /// The rate limiter's Redis, when limits are shared.
     pub limiter_redis: Option<Arc<crate::backend::redis::Redis>>,
+    /// The live configuration (tenants, budgets, prices), for `/usage` and the spend gauges.
+    pub shared: crate::reload::SharedSnapshot,
+    /// `admin.token_sha256`.
+    pub token_sha256: Option<[u8; 32]>,
+    pub metrics_public: bool,
+}
+
+/// Whether the request carries the admin token (`Authorization: Bearer …`),
+/// compared in constant time by digest.
+fn has_admin_token<B>(req: &Request<B>, expected: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    bool::from(crate::tenant::token_sha256(token).ct_eq(expected))
+}
+
+/// Who may see a path: the probes are open to anyone (kubelet has no token);
+/// `/metrics` too while no token is set or it is made public; the rest needs
+/// the token, and `/usage` needs one to be configured at all.
+fn refused<B>(state: &AdminState, req: &Request<B>) -> Option<GatewayError> {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz") {
+        return None;
+    }
+    match &state.token_sha256 {
+        None if path == "/usage" => Some(GatewayError::AdminTokenNotConfigured),
+        None => None,
+        Some(_) if path == "/metrics" && state.metrics_public => None,
+        Some(token) if has_admin_token(req, token) => None,
+        Some(_) if req.headers().contains_key(header::AUTHORIZATION) => Some(GatewayError::UnknownCredential),
+        Some(_) => Some(GatewayError::MissingCredential),
+    }
+}
+
+/// Sets the gauges of shared state (active tasks, budget left) from the ledger.
+async fn refresh_spend_gauges(state: &AdminState) {
+    let snapshot = state.shared.load_full();
+    let now = now_ms();
+    for tenant in snapshot.tenants.iter() {
+        let Ok(counts) = state.ledger.tenant_counts(tenant.name.as_str(), now).await else {
+            return;
+        };
+        state.metrics.set_active_tasks(&tenant.name, counts.active);
+        for window in crate::spend::Window::ALL {
+            let Some(limit) = window.limit(&tenant.budget) else {
+                continue;
+            };
+            let totals = if window.is_daily() { &counts.day } else { &counts.month };
+            let left = limit.saturating_sub(totals.committed(window));
+            let left = if window.is_cost() {
+                crate::spend::micros_to_amount(left)
+            } else {
+                left as f64
+            };
+            state.metrics.set_budget_remaining(&tenant.name, window.as_str(), left);
+        }
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -92,6 +155,9 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
+    }
+    if let Some(refusal) = refused(&state, &req) {
+        return Ok(refusal.to_response());
     }
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -123,10 +189,18 @@ pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Resp
             };
             text(status, "application/json", body.to_string())
         }
+        "/usage" => {
+            let snapshot = state.shared.load_full();
+            match crate::spend::report::answer(&*state.ledger, &snapshot, req.uri().query(), None).await {
+                Ok(response) => response,
+                Err(e) => e.to_response(),
+            }
+        }
         "/metrics" => {
             if let Ok(n) = state.ledger.task_count() {
                 state.metrics.set_ledger_tasks(n);
             }
+            refresh_spend_gauges(&state).await;
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -120,7 +120,10 @@ pub fn open_ledger(config: &Config, metrics: &Arc<Metrics>) -> Result<OpenedLedg
         StoreBackend::Redis(url) => {
             let redis = Redis::connect(url, &config.store.key_prefix, metrics.clone())?;
             Ok((
-                Arc::new(RedisLedger::new(redis.clone(), config.store.retention)),
+                Arc::new(
+                    RedisLedger::new(redis.clone(), config.store.retention)
+                        .with_usage_retention(config.store.usage_retention),
+                ),
                 Some(redis),
             ))
         }
@@ -158,7 +161,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     let health = Arc::new(Health::default());
     let rate_limits = Arc::new(rate_limits(&config, store_redis, &metrics)?);
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
-    let stacks = worker_stacks(&config, &shared, audit, &ledger, &rate_limits, &metrics, &health)?;
+    let (stacks, forward) = worker_stacks(&config, &shared, audit, &ledger, &rate_limits, &metrics, &health)?;
     let (stop_workers, workers_stop) = watch::channel(false);
     let workers = crate::server::spawn_workers(listener, tls.clone(), stacks, &config.server, workers_stop).map_err(
         |source| StartError::Listen {
@@ -167,7 +170,8 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
         },
     )?;
     let reloader = config_path.map(|path| Arc::new(Reloader::new(path, env, shared.clone(), metrics.clone())));
-    let background = background_tasks(&config, &ledger, &health, reloader.as_ref());
+    let mut background = background_tasks(&config, &ledger, &health, reloader.as_ref());
+    background.extend(reconciler(&config, &shared, &ledger, &rate_limits, &metrics, forward));
     let admin_state = AdminState {
         metrics: metrics.clone(),
         health: health.clone(),
@@ -176,6 +180,9 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             LimiterBackend::Redis(limiter) => Some(limiter.redis().clone()),
             LimiterBackend::Local => None,
         },
+        shared: shared.clone(),
+        token_sha256: config.admin.token_sha256,
+        metrics_public: config.admin.metrics_public,
     };
     let (admin_stop, admin_stopped) = oneshot::channel::<()>();
     let admin = admin_listener.map(|listener| spawn_admin(listener, admin_state, &config, admin_stopped));
@@ -239,7 +246,7 @@ fn worker_stacks(
     rate_limits: &Arc<RateLimits>,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
-) -> Result<Vec<impl TenantService>, StartError> {
+) -> Result<(Vec<impl TenantService>, Forward), StartError> {
     let forward = Forward::new(
         build_pool(&config.upstream)?,
         &config.upstream,
@@ -262,7 +269,51 @@ fn worker_stacks(
             forward,
         }));
     }
-    Ok(stacks)
+    // The reconciler's way to Ark: its own pool, the same in-flight slots.
+    let reconciler_forward = forward.with_client(build_pool(&config.upstream)?);
+    Ok((stacks, reconciler_forward))
+}
+
+/// The reconciler, when governance (or `reconcile.enabled`) asks for it:
+/// the gateway's key on every call, and the shared Ark quota counted.
+fn reconciler(
+    config: &Config,
+    shared: &SharedSnapshot,
+    ledger: &Arc<dyn Ledger>,
+    rate_limits: &Arc<RateLimits>,
+    metrics: &Arc<Metrics>,
+    forward: Forward,
+) -> Option<JoinHandle<()>> {
+    if !config.reconcile.enabled {
+        return None;
+    }
+    let limits = rate_limits.clone();
+    let quota: crate::spend::reconcile::QuotaCheck = Arc::new(move || {
+        let limits = limits.clone();
+        Box::pin(async move {
+            let Some(global) = &limits.global else { return Ok(()) };
+            match &limits.backend {
+                LimiterBackend::Local => global.local.check(),
+                LimiterBackend::Redis(redis) => match redis.check("upstream", &global.config).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Duration::from_secs(1)),
+                },
+            }
+        })
+    });
+    let mut holder = [0u8; 8];
+    let _ = getrandom::fill(&mut holder);
+    let run = crate::spend::reconcile::Reconciler {
+        ledger: ledger.clone(),
+        upstream: tower::Layer::layer(&crate::inject::InjectCredentialLayer::new(shared.clone()), forward),
+        metrics: metrics.clone(),
+        config: config.reconcile,
+        quota,
+        holder: hex::encode(holder),
+    }
+    .run();
+    tracing::info!(interval = ?config.reconcile.interval, max_requests_per_minute = config.reconcile.max_requests_per_minute, "reconciler on");
+    Some(tokio::spawn(run))
 }
 
 /// The ledger sweep, the upstream probe and the config watcher.

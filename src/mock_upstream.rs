@@ -85,6 +85,8 @@ struct MockTask {
     created: Instant,
     created_at: i64,
     cancelled_at: Option<i64>,
+    /// Set by `POST /_mock/tasks/{id}`: a status, and the usage it reports.
+    forced: Option<(TaskStatus, Option<u64>)>,
 }
 
 struct State {
@@ -111,7 +113,9 @@ enum TaskStatus {
     Queued,
     Running,
     Succeeded,
+    Failed,
     Cancelled,
+    Expired,
 }
 
 impl TaskStatus {
@@ -120,8 +124,23 @@ impl TaskStatus {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -177,6 +196,9 @@ impl MockTask {
         if self.cancelled_at.is_some() {
             return TaskStatus::Cancelled;
         }
+        if let Some((status, _)) = self.forced {
+            return status;
+        }
         let age = self.created.elapsed();
         if age < options.queued_for {
             TaskStatus::Queued
@@ -205,7 +227,13 @@ impl MockTask {
         });
         if status == TaskStatus::Succeeded {
             task["content"] = json!({"video_url": format!("https://ark-mock.invalid/{}.mp4", self.id)});
-            task["usage"] = json!({"completion_tokens": 108900, "total_tokens": 108900});
+        }
+        let usage = match self.forced {
+            Some((_, usage)) => usage,
+            None => (status == TaskStatus::Succeeded).then_some(108_900),
+        };
+        if let Some(tokens) = usage {
+            task["usage"] = json!({"completion_tokens": tokens, "total_tokens": tokens});
         }
         task
     }
@@ -267,6 +295,9 @@ where
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
 
+    if let (&Method::POST, Some(id)) = (&parts.method, parts.uri.path().strip_prefix("/_mock/tasks/")) {
+        return control(&state, id, &body);
+    }
     if parts.method == Method::GET && parts.uri.path() == "/_mock/requests" {
         let received = state.received.lock().unwrap_or_else(PoisonError::into_inner).clone();
         return respond(StatusCode::OK, json!(received), None);
@@ -314,6 +345,26 @@ where
         )
     };
     respond(status, value, Some(&request_id))
+}
+
+/// `POST /_mock/tasks/{id}` with `{"status": "...", "total_tokens": N}`: the
+/// task reports that status and usage from now on (`"total_tokens": null`:
+/// none); `{"status": "gone"}`: the mock forgets the task, as Ark does.
+fn control(state: &State, id: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    let Ok(command) = serde_json::from_slice::<Value>(body) else {
+        return respond(StatusCode::BAD_REQUEST, json!({"error": "expected JSON"}), None);
+    };
+    let mut tasks = state.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let status = command["status"].as_str().unwrap_or("");
+    if status == "gone" {
+        let found = tasks.remove(id).is_some();
+        return respond(StatusCode::OK, json!({"removed": found}), None);
+    }
+    let (Some(status), Some(task)) = (TaskStatus::parse(status), tasks.get_mut(id)) else {
+        return respond(StatusCode::NOT_FOUND, json!({"error": "unknown task or status"}), None);
+    };
+    task.forced = Some((status, command["total_tokens"].as_u64()));
+    respond(StatusCode::OK, json!({"id": id, "status": status.as_str()}), None)
 }
 
 fn respond(status: StatusCode, value: Value, request_id: Option<&str>) -> Response<Full<Bytes>> {
@@ -364,7 +415,7 @@ fn route(
                 task.cancelled_at = Some(unix_now());
                 (StatusCode::OK, json!({}))
             }
-            TaskStatus::Succeeded => {
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired => {
                 tasks.remove(id);
                 (StatusCode::OK, json!({}))
             }
@@ -425,6 +476,7 @@ fn create(state: &State, body: &[u8], rid: &str) -> (StatusCode, Value) {
             created: Instant::now(),
             created_at: unix_now(),
             cancelled_at: None,
+            forced: None,
         },
     );
     (StatusCode::OK, json!({"id": id}))

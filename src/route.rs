@@ -20,6 +20,8 @@ use http::{Method, Uri, Version};
 
 use crate::error::GatewayError;
 
+/// The tenant's own usage report, the one path the gateway answers itself.
+pub const USAGE_PATH: &str = "/gateway/v1/usage";
 /// The path prefix tenants call, identical to Ark's.
 pub const TASKS_PATH: &str = "/api/v3/contents/generations/tasks";
 /// The same path relative to `upstream.base_url` (which ends in `/api/v3`).
@@ -34,9 +36,13 @@ pub enum Operation {
     Get,
     List,
     Delete,
+    /// `GET /gateway/v1/usage`: the tenant's own usage, answered by the
+    /// gateway itself (never forwarded; needs no operation permission).
+    Usage,
 }
 
 impl Operation {
+    /// The operations a tenant may be granted (`usage` needs no grant).
     pub const ALL: [Operation; 4] = [Self::Create, Self::Get, Self::List, Self::Delete];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +51,7 @@ impl Operation {
             Self::Get => "get",
             Self::List => "list",
             Self::Delete => "delete",
+            Self::Usage => "usage",
         }
     }
 
@@ -130,6 +137,15 @@ fn check_pseudo_headers(uri: &Uri) -> Result<(), GatewayError> {
 
 /// The path rules, the same for a request line and `:path`.
 fn route_path(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    if path == USAGE_PATH {
+        return match *method {
+            Method::GET => Ok(Route {
+                operation: Operation::Usage,
+                task_id: None,
+            }),
+            _ => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+        };
+    }
     if path == TASKS_PATH {
         return match *method {
             Method::POST => Ok(Route {

@@ -52,7 +52,11 @@ where
         .layer(RescueLayer)
         // 3. Audit (and request metrics) wrap everything that can decide, so
         //    denied, failed and forwarded requests all produce exactly one record.
-        .layer(AuditLayer::new(parts.audit, parts.metrics.clone(), parts.on_audit_failure))
+        .layer(AuditLayer::new(
+            parts.audit,
+            parts.metrics.clone(),
+            parts.on_audit_failure,
+        ))
         // 4. Authenticate before anything costs work; takes the request's
         //    configuration snapshot; strips the tenant token.
         .layer(AuthLayer::new(parts.shared.clone()))

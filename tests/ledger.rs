@@ -264,7 +264,14 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
         assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
         ledger.complete_create(it, record(&id, "alpha", created)).await.unwrap();
     }
-    let report = ledger.sweep(SweepBefore { tasks_ms: 10_000, keys_ms: 10_000, usage_ms: 0 }).await.unwrap();
+    let report = ledger
+        .sweep(SweepBefore {
+            tasks_ms: 10_000,
+            keys_ms: 10_000,
+            usage_ms: 0,
+        })
+        .await
+        .unwrap();
     assert_eq!((report.tasks, report.idempotency_keys), (2, 2));
     let left: Vec<_> = ledger
         .owned_tasks("alpha", 0)
@@ -321,7 +328,14 @@ async fn owner_checks_follow_grants_and_sweeps_after_a_cached_answer() {
     );
     assert!(ledger.is_owner("cgt-moved", "beta").await.unwrap());
     // The grant kept the task's creation time; the sweep drops it.
-    ledger.sweep(SweepBefore { tasks_ms: 10_000, keys_ms: 10_000, usage_ms: 0 }).await.unwrap();
+    ledger
+        .sweep(SweepBefore {
+            tasks_ms: 10_000,
+            keys_ms: 10_000,
+            usage_ms: 0,
+        })
+        .await
+        .unwrap();
     assert!(
         !ledger.is_owner("cgt-moved", "beta").await.unwrap(),
         "a swept task is still owned"

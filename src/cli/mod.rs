@@ -7,6 +7,7 @@ mod hash_token;
 mod mock_upstream;
 mod run;
 mod tasks;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ enum Command {
         #[command(subcommand)]
         action: audit::AuditAction,
     },
+    /// Usage and spend per tenant, model and day (or month), with budgets and active tasks.
+    Usage(usage::Args),
     /// Start the mock upstream and the gateway with two demo tenants.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::MockUpstream(args) => mock_upstream::run(args),
         Command::Tasks { config, action } => tasks::run(&config, action),
         Command::Audit { action } => audit::run(action),
+        Command::Usage(args) => usage::run(args),
         Command::Demo { listen } => demo::run(listen),
     }
 }

@@ -372,7 +372,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     }
     let governed = pricing.configured
         || upstream.max_active_tasks.is_some()
-        || tenants.iter().any(|t| !t.budget.is_empty() || t.max_active_tasks.is_some());
+        || tenants
+            .iter()
+            .any(|t| !t.budget.is_empty() || t.max_active_tasks.is_some());
     let reconcile = ReconcileConfig {
         enabled: raw.reconcile.enabled.unwrap_or(governed),
         interval: p.duration("reconcile.interval", raw.reconcile.interval.as_deref(), "15s"),
@@ -694,7 +696,10 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
         let max_active_tasks = t
             .max_active_tasks
             .map(|n| p.positive(&key("max_active_tasks"), Some(n), 1, 1_000_000_000) as u64);
-        let budget = t.budget.map(|b| validate_budget(p, &key("budget"), b)).unwrap_or_default();
+        let budget = t
+            .budget
+            .map(|b| validate_budget(p, &key("budget"), b))
+            .unwrap_or_default();
         let callback_hosts = t.callback_hosts.map(|entries| {
             if entries.is_empty() {
                 p.push(

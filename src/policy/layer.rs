@@ -4,8 +4,8 @@ use tower::Layer;
 
 use super::service::Book;
 use super::PolicyService;
-use crate::metrics::Metrics;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::reload::SharedSnapshot;
 
 #[derive(Clone)]
@@ -17,7 +17,11 @@ pub struct PolicyLayer {
 
 impl PolicyLayer {
     pub fn new(shared: SharedSnapshot, ledger: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Self {
-        Self { shared, ledger, metrics }
+        Self {
+            shared,
+            ledger,
+            metrics,
+        }
     }
 }
 

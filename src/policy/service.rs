@@ -22,9 +22,9 @@ use crate::error::{GatewayError, GatewayResponse};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reload::SpendSettings;
-use crate::spend::Observation;
 use crate::reload::{SharedSnapshot, Snapshot};
 use crate::route::{route, Operation, TaskId};
+use crate::spend::Observation;
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
@@ -114,6 +114,16 @@ where
         facts.task_id = routed.task_id.clone();
     });
     let operation = routed.operation;
+    if operation == Operation::Usage {
+        note.record(|facts| facts.answered_locally = true);
+        let snapshot = req
+            .extensions()
+            .get::<Arc<Snapshot>>()
+            .cloned()
+            .ok_or(GatewayError::UnknownCredential)?;
+        return crate::spend::report::answer(&*book.ledger, &snapshot, req.uri().query(), Some(tenant.name.as_str()))
+            .await;
+    }
     if !tenant.operations.contains(operation) {
         return Err(GatewayError::OperationNotAllowed(operation));
     }
@@ -136,7 +146,13 @@ where
                     let probe = probe_parts(&parts);
                     let answer = inner
                         .clone()
-                        .oneshot(upstream_request(probe, Operation::Get, Some(id.clone()), None, Bytes::new()))
+                        .oneshot(upstream_request(
+                            probe,
+                            Operation::Get,
+                            Some(id.clone()),
+                            None,
+                            Bytes::new(),
+                        ))
                         .await;
                     if let Ok(answer) = answer {
                         mirror_get(&book, &id, answer).await;
@@ -168,7 +184,9 @@ where
                     None => fallback.ok_or(GatewayError::UnknownCredential)?,
                 };
                 let created = create(inner, ledger, &spend, &tenant, &note, parts, body, model).await;
-                if let Err(refusal @ (GatewayError::ActiveTaskQuota { .. } | GatewayError::BudgetExceeded { .. })) = &created {
+                if let Err(refusal @ (GatewayError::ActiveTaskQuota { .. } | GatewayError::BudgetExceeded { .. })) =
+                    &created
+                {
                     book.metrics.quota_rejection(&tenant.name, refusal.reason());
                 }
                 created
@@ -191,7 +209,7 @@ where
             })
             .await
         }
-        (Operation::Get | Operation::Delete, None) => Err(GatewayError::NoRoute),
+        (Operation::Get | Operation::Delete, None) | (Operation::Usage, _) => Err(GatewayError::NoRoute),
     }
 }
 

@@ -75,11 +75,22 @@ mod tests {
     fn estimates_cover_what_ark_reports() {
         let p = pricing();
         // Ark's observed 108,900 tokens for a 5 s 720p clip.
-        assert_eq!(reserve_tokens(&p, "m", br#"{"resolution":"720p","duration":5}"#), 108_900);
-        assert!(reserve_tokens(&p, "m", br#"{"resolution":"720p","ratio":"1:1","duration":5}"#) >= 960 * 960 * 121 / 1024);
-        assert_eq!(reserve_tokens(&p, "m", br#"{"resolution":"480p","frames":29}"#), (864 * 480 * 29u64).div_ceil(1024));
+        assert_eq!(
+            reserve_tokens(&p, "m", br#"{"resolution":"720p","duration":5}"#),
+            108_900
+        );
+        assert!(
+            reserve_tokens(&p, "m", br#"{"resolution":"720p","ratio":"1:1","duration":5}"#) >= 960 * 960 * 121 / 1024
+        );
+        assert_eq!(
+            reserve_tokens(&p, "m", br#"{"resolution":"480p","frames":29}"#),
+            (864 * 480 * 29u64).div_ceil(1024)
+        );
         // No resolution: the largest.
-        assert_eq!(reserve_tokens(&p, "m", br#"{"duration":10}"#), (1920 * 1088 * 241u64).div_ceil(1024));
+        assert_eq!(
+            reserve_tokens(&p, "m", br#"{"duration":10}"#),
+            (1920 * 1088 * 241u64).div_ceil(1024)
+        );
         assert_eq!(reserve_tokens(&p, "m", br#"{"duration":-1}"#), p.default_reserve_tokens);
         assert_eq!(reserve_tokens(&p, "fixed", br#"{"duration":10}"#), 1234);
         assert_eq!(reserve_tokens(&p, "m", b"[]"), p.default_reserve_tokens);

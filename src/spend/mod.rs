@@ -11,9 +11,10 @@
 mod estimate;
 mod period;
 
-
-
 use serde::{Deserialize, Serialize};
+
+pub mod reconcile;
+pub mod report;
 
 pub use estimate::reserve_tokens;
 pub use period::{day_of, month_of, next_day_start_ms, next_month_start_ms, parse_day, Day};
@@ -124,10 +125,7 @@ impl TaskProbe<'_> {
     pub(crate) fn observation(&self) -> Option<Observation> {
         Some(Observation::Seen {
             status: ArkStatus::parse(self.status.as_deref()?)?,
-            tokens: self
-                .usage
-                .as_ref()
-                .and_then(|u| u.total_tokens.or(u.completion_tokens)),
+            tokens: self.usage.as_ref().and_then(|u| u.total_tokens.or(u.completion_tokens)),
             updated_at: self.updated_at,
         })
     }
@@ -136,7 +134,12 @@ impl TaskProbe<'_> {
 /// Records what Ark said about a task; counts a settlement in the metrics.
 /// A ledger that cannot be written is logged: the answer still goes out,
 /// and the reconciler (or the next answer) brings the mirror up to date.
-pub(crate) async fn record(ledger: &dyn crate::ledger::Ledger, metrics: &crate::metrics::Metrics, task_id: &str, observation: Observation) {
+pub(crate) async fn record(
+    ledger: &dyn crate::ledger::Ledger,
+    metrics: &crate::metrics::Metrics,
+    task_id: &str,
+    observation: Observation,
+) {
     match ledger.observe(task_id, observation).await {
         Ok(Some(settlement)) => metrics.settled(&settlement),
         Ok(None) => {}
@@ -145,7 +148,11 @@ pub(crate) async fn record(ledger: &dyn crate::ledger::Ledger, metrics: &crate::
 }
 
 /// Records every task object of a list answer (`{"items": [...]}`).
-pub(crate) async fn record_list(ledger: &dyn crate::ledger::Ledger, metrics: &crate::metrics::Metrics, body: &[u8]) -> Vec<String> {
+pub(crate) async fn record_list(
+    ledger: &dyn crate::ledger::Ledger,
+    metrics: &crate::metrics::Metrics,
+    body: &[u8],
+) -> Vec<String> {
     #[derive(Deserialize)]
     struct Page<'a> {
         #[serde(borrow, default)]
@@ -287,7 +294,13 @@ pub struct Admission {
 
 impl Admission {
     /// The first limit this admission would break, given the current counts.
-    pub fn refusal(&self, tenant_active: u64, account_active: u64, day: &WindowTotals, month: &WindowTotals) -> Option<Refusal> {
+    pub fn refusal(
+        &self,
+        tenant_active: u64,
+        account_active: u64,
+        day: &WindowTotals,
+        month: &WindowTotals,
+    ) -> Option<Refusal> {
         if self.tenant_max_active.is_some_and(|max| tenant_active + 1 > max) {
             return Some(Refusal::ActiveTasks);
         }

@@ -69,7 +69,10 @@ pub fn next_day_start_ms(now_ms: u64) -> u64 {
 
 pub fn next_month_start_ms(now_ms: u64) -> u64 {
     let month = month_of(now_ms);
-    let (year, month) = (month[..4].parse::<u32>().unwrap_or(1970), month[5..].parse::<u32>().unwrap_or(1));
+    let (year, month) = (
+        month[..4].parse::<u32>().unwrap_or(1970),
+        month[5..].parse::<u32>().unwrap_or(1),
+    );
     let (year, month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     parse_day(&format!("{year:04}-{month:02}-01")).map_or(next_day_start_ms(now_ms), Day::start_ms)
 }
@@ -87,7 +90,10 @@ mod tests {
         assert_eq!(next_month_start_ms(t), parse_day("2027-01-01").unwrap().start_ms());
         let feb = parse_day("2028-02-29").unwrap();
         assert_eq!(feb.first_of_month().label(), "2028-02-01");
-        assert_eq!(next_month_start_ms(feb.start_ms()), parse_day("2028-03-01").unwrap().start_ms());
+        assert_eq!(
+            next_month_start_ms(feb.start_ms()),
+            parse_day("2028-03-01").unwrap().start_ms()
+        );
         assert!(parse_day("2026-02-30").is_none());
         assert!(parse_day("2026-2-3").is_none());
         assert!(parse_day("yesterday!").is_none());

@@ -224,7 +224,9 @@ fn close_intent(txn: &WriteTransaction, intent_id: &str, give_back: bool) -> Res
         removed.and_then(|v| serde_json::from_slice::<IntentEntry>(v.value()).ok())
     };
     if let Some(IntentEntry {
-        tenant, held: Some(held), ..
+        tenant,
+        held: Some(held),
+        ..
     }) = entry
     {
         if give_back {
@@ -756,9 +758,11 @@ impl Ledger for RedbLedger {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let tasks = txn.open_table(TASKS).map_err(unavailable)?;
             let value = tasks.get(task_id).map_err(unavailable)?;
-            Ok::<_, LedgerError>(value.and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok()).is_some_and(
-                |record| crate::spend::transition(&record, observation).is_some(),
-            ))
+            Ok::<_, LedgerError>(
+                value
+                    .and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
+                    .is_some_and(|record| crate::spend::transition(&record, observation).is_some()),
+            )
         })();
         Box::pin(async move {
             if !changes? {

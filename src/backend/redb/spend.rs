@@ -91,7 +91,13 @@ fn update_totals(
     Ok(())
 }
 
-fn add_usage(txn: &WriteTransaction, tenant: &str, day: &str, model: &str, add: &UsageCounts) -> Result<(), LedgerError> {
+fn add_usage(
+    txn: &WriteTransaction,
+    tenant: &str,
+    day: &str,
+    model: &str,
+    add: &UsageCounts,
+) -> Result<(), LedgerError> {
     let mut table = txn.open_table(USAGE).map_err(unavailable)?;
     let mut counts: UsageCounts = table
         .get((tenant, day, model))
@@ -100,13 +106,20 @@ fn add_usage(txn: &WriteTransaction, tenant: &str, day: &str, model: &str, add: 
         .unwrap_or_default();
     counts.add(add);
     table
-        .insert((tenant, day, model), serde_json::to_vec(&counts).expect("serializes").as_slice())
+        .insert(
+            (tenant, day, model),
+            serde_json::to_vec(&counts).expect("serializes").as_slice(),
+        )
         .map_err(unavailable)?;
     Ok(())
 }
 
 /// Checks an admission against the counts and, if it fits, holds it.
-pub(super) fn admit(txn: &WriteTransaction, tenant: &str, admission: &Admission) -> Result<Option<Refusal>, LedgerError> {
+pub(super) fn admit(
+    txn: &WriteTransaction,
+    tenant: &str,
+    admission: &Admission,
+) -> Result<Option<Refusal>, LedgerError> {
     let day = totals(txn, tenant, &admission.day)?;
     let month = totals(txn, tenant, &admission.month)?;
     if let Some(refusal) = admission.refusal(active(txn, tenant)?, active(txn, ACCOUNT)?, &day, &month) {

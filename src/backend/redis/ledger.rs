@@ -17,7 +17,9 @@ use redis::AsyncCommands;
 use super::spend::{self as counts, Held, Ops};
 use super::{Redis, RedisDown};
 use crate::ledger::*;
-use crate::spend::{day_of, month_of, transition, Day, Observation, Settlement, TenantCounts, UsageCounts, UsageRow, WindowTotals};
+use crate::spend::{
+    day_of, month_of, transition, Day, Observation, Settlement, TenantCounts, UsageCounts, UsageRow, WindowTotals,
+};
 
 pub struct RedisLedger {
     redis: Arc<Redis>,
@@ -102,8 +104,18 @@ impl RedisLedger {
             let (day, month) = (day_of(record.created_ms), month_of(record.created_ms));
             for period in [&day, &month] {
                 let key = self.window_key(tenant, period);
-                ops.hincr(&key, "rt", -(record.spend.reserved_tokens as i64), counts::WINDOW_TTL_MS);
-                ops.hincr(&key, "rc", -(record.spend.reserved_cost_micros as i64), counts::WINDOW_TTL_MS);
+                ops.hincr(
+                    &key,
+                    "rt",
+                    -(record.spend.reserved_tokens as i64),
+                    counts::WINDOW_TTL_MS,
+                );
+                ops.hincr(
+                    &key,
+                    "rc",
+                    -(record.spend.reserved_cost_micros as i64),
+                    counts::WINDOW_TTL_MS,
+                );
                 ops.hincr(&key, "ut", s.tokens as i64, counts::WINDOW_TTL_MS);
                 ops.hincr(&key, "uc", s.cost_micros as i64, counts::WINDOW_TTL_MS);
             }
@@ -573,9 +585,16 @@ impl Ledger for RedisLedger {
                 record.spend = change.next.clone();
                 let new_json = serde_json::to_string(&record).expect("records serialize");
                 let mut cmd = redis::cmd("EVAL");
-                cmd.arg(counts::APPLY).arg(1).arg(self.task_key(task_id)).arg(&json).arg(new_json);
+                cmd.arg(counts::APPLY)
+                    .arg(1)
+                    .arg(self.task_key(task_id))
+                    .arg(&json)
+                    .arg(new_json);
                 ops.add_to(&mut cmd);
-                let applied: i64 = self.redis.observe(cmd.query_async(&mut conn).await).map_err(unavailable)?;
+                let applied: i64 = self
+                    .redis
+                    .observe(cmd.query_async(&mut conn).await)
+                    .map_err(unavailable)?;
                 if applied == 1 {
                     return Ok(change.settlement);
                 }
@@ -658,7 +677,9 @@ impl Ledger for RedisLedger {
                 for (label, hash) in days.iter().zip(hashes) {
                     let mut by_model: std::collections::BTreeMap<String, UsageCounts> = Default::default();
                     for (field, n) in hash {
-                        let Some((model, counter)) = field.rsplit_once('|') else { continue };
+                        let Some((model, counter)) = field.rsplit_once('|') else {
+                            continue;
+                        };
                         let c = by_model.entry(model.to_string()).or_default();
                         match counter {
                             "created" => c.created = n,
