@@ -111,12 +111,16 @@ fn tenants() -> String {
 }
 
 async fn replica(base_url: &str, redis_url: &str) -> Replica {
+    replica_with(base_url, redis_url, "", &tenants()).await
+}
+
+async fn replica_with(base_url: &str, redis_url: &str, upstream_extra: &str, tenants: &str) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
         base_url,
         dir.path(),
-        "",
-        &format!("\n[rate_limit]\nbackend = \"redis\"\n{}", tenants()),
+        upstream_extra,
+        &format!("\n[rate_limit]\nbackend = \"redis\"\n{tenants}"),
     );
     let store = format!("path = \"{}\"", dir.path().join("ledger.redb").display());
     let text = text.replace(
@@ -376,4 +380,96 @@ async fn idempotency_outcomes_in_the_redis_ledger() {
     );
     assert_eq!(ledger.owner_of("cgt-r5").await.unwrap().unwrap().tenant, "alpha");
     assert_eq!(ledger.owned_tasks("alpha", 0).await.unwrap().len(), 1);
+}
+
+/// capped: 4 active tasks; budgeted: 350,000 tokens a day at 100,000 per
+/// create; the account: 8 active tasks in all.
+fn governed_tenants() -> String {
+    let tenant = |name: &str, token: &str, extra: &str| {
+        format!(
+            "\n[[tenant]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\noperations = [\"create\", \"get\", \"list\", \"delete\"]\nrate_limit = {{ per_second = 1000, burst = 1000 }}\n{extra}\n",
+            sha256_hex(token)
+        )
+    };
+    format!(
+        "\n[pricing]\n[[pricing.model]]\nmodel = \"model-a\"\nper_million_tokens = 10.0\nreserve_tokens = 100000\n{}{}{}",
+        tenant("capped", ALPHA, "max_active_tasks = 4"),
+        tenant("budgeted", BETA, "budget = { daily_tokens = 350000 }"),
+        tenant("other", READER, ""),
+    )
+}
+
+async fn create_everywhere(replicas: &[Replica], token: &'static str, per_replica: usize) -> (usize, usize) {
+    let mut calls = Vec::new();
+    for r in replicas {
+        for _ in 0..per_replica {
+            let addr = r.addr;
+            calls.push(tokio::spawn(async move { call(addr, "POST", TASKS, token, CREATE_BODY).await }));
+        }
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for c in calls {
+        let reply = c.await.unwrap();
+        match reply.status {
+            200 => admitted += 1,
+            429 => {
+                assert!(matches!(reply.error_code().as_str(), "QuotaExceeded" | "BudgetExceeded"), "{}", reply.text());
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    (admitted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let mut options = MockOptions::new(UPSTREAM_KEY);
+    options.queued_for = Duration::from_secs(3600);
+    let mock = MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+    let extra = "max_active_tasks = 8";
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica_with(&mock.base_url(), &redis.url(), extra, &governed_tenants()).await);
+    }
+    assert_eq!(create_everywhere(&replicas, ALPHA, 5).await, (4, 11), "the tenant quota");
+    assert_eq!(create_everywhere(&replicas, BETA, 5).await, (3, 12), "the daily budget");
+    assert_eq!(create_everywhere(&replicas, READER, 3).await, (1, 8), "the account's quota");
+    let creates = mock.received().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(creates, 8, "refused creates never reach Ark");
+
+    // One of capped's tasks ends; every replica sees it, by get and by list.
+    let listed = call(replicas[0].addr, "GET", TASKS, ALPHA, "").await.json();
+    let id = listed["items"][0]["id"].as_str().unwrap().to_string();
+    let control = serde_json::json!({"status": "succeeded", "total_tokens": 10_000}).to_string();
+    request(mock.addr(), "POST", &format!("/_mock/tasks/{id}"), &[], control.as_bytes()).await;
+    let mut seen = Vec::new();
+    for r in &replicas {
+        let (addr, path) = (r.addr, format!("{TASKS}/{id}"));
+        seen.push(tokio::spawn(async move { call(addr, "GET", &path, ALPHA, "").await.status }));
+        seen.push(tokio::spawn(async move { call(addr, "GET", TASKS, ALPHA, "").await.status }));
+    }
+    for s in seen {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    // Every replica reports the same: one settlement, one freed slot.
+    let mut reports = Vec::new();
+    for r in &replicas {
+        let reply = call(r.addr, "GET", "/gateway/v1/usage", ALPHA, "").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reports.push(reply.json());
+    }
+    assert!(reports.iter().all(|r| *r == reports[0]), "{reports:?}");
+    let row = &reports[0]["rows"][0];
+    assert_eq!((row["succeeded"].as_u64(), row["tokens"].as_u64()), (Some(1), Some(10_000)));
+    assert_eq!(reports[0]["tenants"][0]["active_tasks"], 3);
+    // The freed slot is usable from any replica, exactly once.
+    assert_eq!(create_everywhere(&replicas, ALPHA, 2).await, (1, 5));
+    for r in &mut replicas {
+        if let Some(g) = r.gateway.take() {
+            g.shutdown().await;
+        }
+    }
 }
