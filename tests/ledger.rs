@@ -387,3 +387,10 @@ async fn idempotency_outcomes_in_the_ledger() {
     );
     assert_eq!(ledger.unsettled_creates().unwrap().len(), 2, "r5 and r6 are still open");
 }
+
+#[tokio::test]
+async fn budget_windows_reset_at_utc_day_and_month_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    budget_window_scenario(&ledger).await;
+}

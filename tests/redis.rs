@@ -404,7 +404,9 @@ async fn create_everywhere(replicas: &[Replica], token: &'static str, per_replic
     for r in replicas {
         for _ in 0..per_replica {
             let addr = r.addr;
-            calls.push(tokio::spawn(async move { call(addr, "POST", TASKS, token, CREATE_BODY).await }));
+            calls.push(tokio::spawn(async move {
+                call(addr, "POST", TASKS, token, CREATE_BODY).await
+            }));
         }
     }
     let (mut admitted, mut refused) = (0, 0);
@@ -413,7 +415,11 @@ async fn create_everywhere(replicas: &[Replica], token: &'static str, per_replic
         match reply.status {
             200 => admitted += 1,
             429 => {
-                assert!(matches!(reply.error_code().as_str(), "QuotaExceeded" | "BudgetExceeded"), "{}", reply.text());
+                assert!(
+                    matches!(reply.error_code().as_str(), "QuotaExceeded" | "BudgetExceeded"),
+                    "{}",
+                    reply.text()
+                );
                 refused += 1;
             }
             other => panic!("unexpected {other}: {}", reply.text()),
@@ -434,9 +440,17 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
     for _ in 0..3 {
         replicas.push(replica_with(&mock.base_url(), &redis.url(), extra, &governed_tenants()).await);
     }
-    assert_eq!(create_everywhere(&replicas, ALPHA, 5).await, (4, 11), "the tenant quota");
+    assert_eq!(
+        create_everywhere(&replicas, ALPHA, 5).await,
+        (4, 11),
+        "the tenant quota"
+    );
     assert_eq!(create_everywhere(&replicas, BETA, 5).await, (3, 12), "the daily budget");
-    assert_eq!(create_everywhere(&replicas, READER, 3).await, (1, 8), "the account's quota");
+    assert_eq!(
+        create_everywhere(&replicas, READER, 3).await,
+        (1, 8),
+        "the account's quota"
+    );
     let creates = mock.received().iter().filter(|r| r.method == "POST").count();
     assert_eq!(creates, 8, "refused creates never reach Ark");
 
@@ -444,12 +458,23 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
     let listed = call(replicas[0].addr, "GET", TASKS, ALPHA, "").await.json();
     let id = listed["items"][0]["id"].as_str().unwrap().to_string();
     let control = serde_json::json!({"status": "succeeded", "total_tokens": 10_000}).to_string();
-    request(mock.addr(), "POST", &format!("/_mock/tasks/{id}"), &[], control.as_bytes()).await;
+    request(
+        mock.addr(),
+        "POST",
+        &format!("/_mock/tasks/{id}"),
+        &[],
+        control.as_bytes(),
+    )
+    .await;
     let mut seen = Vec::new();
     for r in &replicas {
         let (addr, path) = (r.addr, format!("{TASKS}/{id}"));
-        seen.push(tokio::spawn(async move { call(addr, "GET", &path, ALPHA, "").await.status }));
-        seen.push(tokio::spawn(async move { call(addr, "GET", TASKS, ALPHA, "").await.status }));
+        seen.push(tokio::spawn(
+            async move { call(addr, "GET", &path, ALPHA, "").await.status },
+        ));
+        seen.push(tokio::spawn(
+            async move { call(addr, "GET", TASKS, ALPHA, "").await.status },
+        ));
     }
     for s in seen {
         assert_eq!(s.await.unwrap(), 200);
@@ -463,7 +488,10 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
     }
     assert!(reports.iter().all(|r| *r == reports[0]), "{reports:?}");
     let row = &reports[0]["rows"][0];
-    assert_eq!((row["succeeded"].as_u64(), row["tokens"].as_u64()), (Some(1), Some(10_000)));
+    assert_eq!(
+        (row["succeeded"].as_u64(), row["tokens"].as_u64()),
+        (Some(1), Some(10_000))
+    );
     assert_eq!(reports[0]["tenants"][0]["active_tasks"], 3);
     // The freed slot is usable from any replica, exactly once.
     assert_eq!(create_everywhere(&replicas, ALPHA, 2).await, (1, 5));
@@ -472,4 +500,53 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
             g.shutdown().await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_windows_reset_at_utc_day_and_month_boundaries_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
+    let redis = ark_gateway::backend::redis::Redis::connect(&url, "w:", Arc::new(Metrics::new())).unwrap();
+    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    budget_window_scenario(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_replica_died_gives_its_hold_back_when_the_lease_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
+    let redis = ark_gateway::backend::redis::Redis::connect(&url, "d:", Arc::new(Metrics::new())).unwrap();
+    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    use ark_gateway::ledger::Ledger;
+    let at = ark_gateway::ledger::now_ms();
+    let begin = |id: &str, at_ms: u64, lease_ms: u64| {
+        let mut admission = admission_at(at_ms);
+        admission.tenant_max_active = Some(1);
+        admission.lease_until_ms = at_ms + lease_ms;
+        ark_gateway::ledger::CreateIntent {
+            intent_id: id.into(),
+            tenant: "alpha".into(),
+            idempotency_key: None,
+            at_ms,
+            admission: Some(admission),
+        }
+    };
+    // A replica holds the one slot, then dies before it completes or abandons.
+    assert_eq!(
+        ledger.begin_create(begin("dead", at, 1_000)).await.unwrap(),
+        ark_gateway::ledger::BeginOutcome::Begun
+    );
+    assert!(matches!(
+        ledger.begin_create(begin("early", at + 500, 1_000)).await.unwrap(),
+        ark_gateway::ledger::BeginOutcome::Refused(_)
+    ));
+    // After its lease, the next create finds the slot and the reservation given back.
+    assert_eq!(
+        ledger.begin_create(begin("later", at + 1_001, 1_000)).await.unwrap(),
+        ark_gateway::ledger::BeginOutcome::Begun
+    );
+    let counts = ledger.tenant_counts("alpha", at).await.unwrap();
+    assert_eq!((counts.active, counts.day.reserved_tokens), (1, 100));
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use ark_gateway::audit::{AuditRecord, AuditSink};
 use ark_gateway::config::Config;
 use ark_gateway::gateway::{start_with, GatewayParts, RunningGateway};
-use ark_gateway::ledger::{RedbLedger, StoreFaults};
+use ark_gateway::ledger::{BeginOutcome, CreateFate, CreateIntent, Ledger, RedbLedger, StoreFaults};
 use ark_gateway::mock_upstream::{MockOptions, MockUpstream, ReceivedRequest};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -344,4 +344,78 @@ pub fn read_audit(path: &Path) -> Vec<AuditRecord> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
         .collect()
+}
+
+/// An admission of 100 tokens at `at_ms`, under a daily limit of 250 and a monthly one of 400.
+pub fn admission_at(at_ms: u64) -> ark_gateway::spend::Admission {
+    use ark_gateway::spend::{day_of, month_of, Admission, Window};
+    Admission {
+        model: "model-a".into(),
+        reserved_tokens: 100,
+        reserved_cost_micros: 0,
+        per_million_tokens: None,
+        day: day_of(at_ms),
+        month: month_of(at_ms),
+        tenant_max_active: None,
+        account_max_active: None,
+        limits: vec![(Window::DailyTokens, 250), (Window::MonthlyTokens, 400)],
+        // In flight for the whole scenario.
+        lease_until_ms: at_ms + 90 * 86_400_000,
+    }
+}
+
+/// Reservations against daily and monthly windows, with a fake clock (each
+/// create says when it happens): the same on every backend.
+pub async fn budget_window_scenario(ledger: &dyn Ledger) {
+    use ark_gateway::spend::{parse_day, Refusal, Window};
+    let intent = |id: &str, tenant: &str, _key: Option<&str>, at_ms: u64| CreateIntent {
+        intent_id: id.to_string(),
+        tenant: tenant.to_string(),
+        idempotency_key: None,
+        at_ms,
+        admission: None,
+    };
+    // A fake clock: each create says when it happens.
+    let last_second_of = |day: &str| parse_day(day).unwrap().start_ms() + 86_399_999;
+    let first_ms_of = |day: &str| parse_day(day).unwrap().start_ms();
+    let mut n = 0;
+    let mut begin = |at_ms: u64| {
+        n += 1;
+        let mut it = intent(&format!("i{n}"), "alpha", None, at_ms);
+        it.admission = Some(admission_at(at_ms));
+        it
+    };
+    let day1 = last_second_of("2026-11-28");
+    for _ in 0..2 {
+        assert_eq!(ledger.begin_create(begin(day1)).await.unwrap(), BeginOutcome::Begun);
+    }
+    assert_eq!(
+        ledger.begin_create(begin(day1)).await.unwrap(),
+        BeginOutcome::Refused(Refusal::Budget(Window::DailyTokens))
+    );
+    // One millisecond later it is a new UTC day: the daily window is empty again.
+    let day2 = first_ms_of("2026-11-29");
+    let day3 = first_ms_of("2026-11-30");
+    let held = begin(day2);
+    assert_eq!(ledger.begin_create(held.clone()).await.unwrap(), BeginOutcome::Begun);
+    // The month now holds 300 + 100 = 400: equal to its limit is allowed, more is not.
+    assert_eq!(ledger.begin_create(begin(day3)).await.unwrap(), BeginOutcome::Begun);
+    assert_eq!(
+        ledger.begin_create(begin(day3)).await.unwrap(),
+        BeginOutcome::Refused(Refusal::Budget(Window::MonthlyTokens))
+    );
+    // A create Ark refused gives its reservation back.
+    ledger.abandon_create(held, CreateFate::Failed).await.unwrap();
+    assert_eq!(ledger.begin_create(begin(day2)).await.unwrap(), BeginOutcome::Begun);
+    // A new month starts empty.
+    let next_month = first_ms_of("2026-12-01");
+    assert_eq!(
+        ledger.begin_create(begin(next_month)).await.unwrap(),
+        BeginOutcome::Begun
+    );
+    let counts = ledger.tenant_counts("alpha", next_month).await.unwrap();
+    assert_eq!(
+        (counts.month.reserved_tokens, counts.day.reserved_tokens, counts.active),
+        (100, 100, 5)
+    );
 }

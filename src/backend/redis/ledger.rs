@@ -304,7 +304,8 @@ impl Ledger for RedisLedger {
                 .key(self.intent_key(&intent.intent_id))
                 .key(&intent.intent_id)
                 .arg(self.redis.key(""))
-                .arg(now_ms())
+                // The create's own clock: leases that ended before it are given back.
+                .arg(intent.at_ms)
                 .arg(pending)
                 .arg(intent_json)
                 .arg(ttl);

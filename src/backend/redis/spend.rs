@@ -27,6 +27,8 @@ pub(super) const WINDOW_TTL_MS: u64 = 100 * 86_400_000;
 /// month, window ttl, then per limit: window name, limit.
 /// KEYS: idem key ('' without one), intent key, intent id.
 pub(super) const ADMIT: &str = r#"
+-- A negated zero would be sent as "-0", which HINCRBY refuses.
+local function int(n) return string.format('%d', n) end
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local function release(id)
@@ -40,8 +42,8 @@ local function release(id)
   redis.call('DECR', p .. 'account:active')
   for _, period in ipairs({h.day, h.month}) do
     local w = p .. 'win:' .. intent.tenant .. ':' .. period
-    redis.call('HINCRBY', w, 'rt', -h.reserved_tokens)
-    redis.call('HINCRBY', w, 'rc', -h.reserved_cost_micros)
+    redis.call('HINCRBY', w, 'rt', int(-h.reserved_tokens))
+    redis.call('HINCRBY', w, 'rc', int(-h.reserved_cost_micros))
   end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'inflight', '-inf', now)) do release(id) end
@@ -98,6 +100,7 @@ return {'ok'}
 /// given back). A hold whose lease ran out was given back already: taking it
 /// over takes it again.
 pub(super) const CLOSE_INTENT: &str = r#"
+local function int(n) return string.format('%d', n) end
 local p, id, take = ARGV[1], ARGV[2], ARGV[3] == '1'
 local json = redis.call('GET', p .. 'intent:' .. id)
 local still_held = redis.call('ZREM', p .. 'inflight', id) == 1
@@ -111,8 +114,8 @@ local function change(sign)
   redis.call('INCRBY', p .. 'account:active', sign)
   for _, period in ipairs({h.day, h.month}) do
     local w = p .. 'win:' .. intent.tenant .. ':' .. period
-    redis.call('HINCRBY', w, 'rt', sign * h.reserved_tokens)
-    redis.call('HINCRBY', w, 'rc', sign * h.reserved_cost_micros)
+    redis.call('HINCRBY', w, 'rt', int(sign * h.reserved_tokens))
+    redis.call('HINCRBY', w, 'rc', int(sign * h.reserved_cost_micros))
   end
 end
 if take and not still_held then change(1) end
