@@ -31,6 +31,10 @@ pub(super) struct Args {
     /// File holding the admin token (else `ARK_GATEWAY_ADMIN_TOKEN`), to ask a running gateway.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// The running gateway's admin address, where it is not `admin.listen`
+    /// (a port 0 in the config, or a wildcard address).
+    #[arg(long)]
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 pub(super) fn run(args: Args) -> ExitCode {
@@ -80,7 +84,11 @@ pub(super) fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
         // A gateway holds the file: ask it.
-        Err(LedgerError::InUse) => match ask_gateway(&config, &args.admin_token_file, &query) {
+        Err(LedgerError::InUse) => match ask_gateway(
+            args.admin_addr.unwrap_or(config.admin.listen),
+            &args.admin_token_file,
+            &query,
+        ) {
             Ok(body) => body,
             Err(e) => {
                 eprintln!(
@@ -106,14 +114,13 @@ pub(super) fn run(args: Args) -> ExitCode {
 }
 
 /// `GET /usage` on the config's admin listener, with the admin token.
-fn ask_gateway(config: &Config, token_file: &Option<PathBuf>, query: &str) -> Result<String, String> {
+fn ask_gateway(addr: std::net::SocketAddr, token_file: &Option<PathBuf>, query: &str) -> Result<String, String> {
     let token = match token_file {
         Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
         None => std::env::var("ARK_GATEWAY_ADMIN_TOKEN")
             .map_err(|_| "set ARK_GATEWAY_ADMIN_TOKEN or --admin-token-file".to_string())?,
     };
     let token = token.trim();
-    let addr = config.admin.listen;
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
     stream
