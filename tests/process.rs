@@ -274,6 +274,24 @@ async fn sigkill_during_creates_loses_no_owned_id() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(received.iter().all(|id| listed.contains(id.as_str())));
+
+    // The counts after the crash: every owned (queued) task holds its slot
+    // and its reservation, once; creates cut off mid-flight hold nothing.
+    let owned = listed.lines().count() as u64;
+    let out = Command::new(BIN)
+        .args(["usage", "--format", "json", "--tenant", "alpha", "--config"])
+        .arg(&config)
+        .env("TEST_ARK_KEY", UPSTREAM_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alpha = &report["tenants"][0];
+    assert_eq!(alpha["active_tasks"], owned, "{report}");
+    let reserve = ark_gateway::spend::reserve_tokens(&Default::default(), "model-a", CREATE_BODY.as_bytes());
+    let daily = alpha["windows"].as_array().unwrap().iter().find(|w| w["window"] == "daily_tokens").unwrap();
+    assert_eq!(daily["reserved"], owned * reserve, "{report}");
+    assert_eq!(report["rows"][0]["created"], owned, "{report}");
     let out = tasks(&["grant", "--tenant", "beta", &received[0]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tasks(&["list", "--tenant", "beta"]);
