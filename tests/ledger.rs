@@ -147,10 +147,12 @@ async fn lists_page_correctly_beyond_one_upstream_call() {
         "pages hold each of alpha's tasks once"
     );
 
-    // Cancel some, then filter by status: Ark decides, the gateway merges.
+    // Cancel some, then filter by status: planned from the mirror, so the
+    // upstream is asked only about the page's own tasks.
     for id in &alphas[..12] {
         assert_eq!(env.call("DELETE", &task(id), Some(ALPHA), None).await.status, 200);
     }
+    let before = env.upstream_count();
     let cancelled = env
         .call(
             "GET",
@@ -162,6 +164,12 @@ async fn lists_page_correctly_beyond_one_upstream_call() {
         .json();
     assert_eq!(cancelled["total"], 12);
     assert_eq!(ids_of(&cancelled).len(), 5);
+    // One for alpha's static grant (only Ark knows it), one for the page.
+    assert_eq!(
+        env.upstream_count() - before,
+        2,
+        "upstream calls for a page of 230 tasks"
+    );
     let queued_p3 = env
         .call(
             "GET",

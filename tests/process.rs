@@ -289,7 +289,12 @@ async fn sigkill_during_creates_loses_no_owned_id() {
     let alpha = &report["tenants"][0];
     assert_eq!(alpha["active_tasks"], owned, "{report}");
     let reserve = ark_gateway::spend::reserve_tokens(&Default::default(), "model-a", CREATE_BODY.as_bytes());
-    let daily = alpha["windows"].as_array().unwrap().iter().find(|w| w["window"] == "daily_tokens").unwrap();
+    let daily = alpha["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["window"] == "daily_tokens")
+        .unwrap();
     assert_eq!(daily["reserved"], owned * reserve, "{report}");
     assert_eq!(report["rows"][0]["created"], owned, "{report}");
     let out = tasks(&["grant", "--tenant", "beta", &received[0]]);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spend::{Admission, Day, Observation, Refusal, Settlement, TaskSpend, TenantCounts, UsageRow};
+use crate::spend::{Admission, ArkStatus, Day, Observation, Refusal, Settlement, TaskSpend, TenantCounts, UsageRow};
 
 pub use crate::backend::redb::RedbLedger;
 #[cfg(feature = "fault-injection")]
@@ -79,6 +79,8 @@ pub struct OwnedTask {
     pub task_id: String,
     pub model: Option<String>,
     pub created_ms: u64,
+    /// The mirror's last known status (`None`: never seen since the mirror began).
+    pub status: Option<ArkStatus>,
 }
 
 /// A create about to be forwarded.

@@ -19,6 +19,7 @@ use crate::audit::AuditNote;
 use crate::error::{GatewayError, GatewayResponse, UpstreamFailure};
 use crate::ledger::{now_ms, Ledger, LIST_WINDOW};
 use crate::route::{Operation, TaskId};
+use crate::spend::ArkStatus;
 use crate::tenant::Tenant;
 
 /// A task a list may show. `created_ms` is set for tasks the ledger holds
@@ -29,6 +30,8 @@ pub(super) struct Candidate {
     pub(super) id: TaskId,
     pub(super) model: Option<String>,
     pub(super) created_ms: Option<u64>,
+    /// The mirror's status, for tasks the ledger holds and has seen.
+    pub(super) status: Option<ArkStatus>,
 }
 
 /// The tasks a list may show, newest first: those the tenant created through
@@ -51,6 +54,7 @@ pub(super) async fn list_candidates(
                 id: TaskId::parse(&t.task_id)?,
                 model: t.model,
                 created_ms: Some(t.created_ms),
+                status: t.status,
             })
         })
         .collect();
@@ -62,6 +66,7 @@ pub(super) async fn list_candidates(
                 id: id.clone(),
                 model: None,
                 created_ms: None,
+                status: None,
             });
         }
     }
@@ -76,6 +81,7 @@ pub(super) async fn list_candidates(
                     id: id.clone(),
                     model: None,
                     created_ms: None,
+                    status: None,
                 });
             } else if let Ok(Some(record)) = ledger.owner_of(id.as_str()).await {
                 // Owned, but older than the window or deleted: Ark decides.
@@ -84,6 +90,7 @@ pub(super) async fn list_candidates(
                         id: id.clone(),
                         model: record.model,
                         created_ms: None,
+                        status: None,
                     });
                 }
             }
@@ -106,9 +113,9 @@ pub(super) enum ListPlan {
     /// Up to [`IDS_PER_UPSTREAM_CALL`] ids: one call with the client's paging
     /// and filters; Ark filters, counts and pages, and its answer passes through.
     OneCall(Vec<TaskId>),
-    /// More, with a filter only Ark can decide (status, service tier): all
-    /// ids are asked for in chunks; the gateway merges, counts and pages.
-    /// Cost grows with the tenant's task count.
+    /// More, with a filter only Ark can decide (service tier): all ids are
+    /// asked for in chunks; the gateway merges, counts and pages. Cost grows
+    /// with the tenant's task count.
     AskArkForAll(Vec<TaskId>),
     /// More, with no such filter: the ledger's tasks (newest first, with
     /// their creation time) are counted and ordered here; Ark is asked about
@@ -128,14 +135,23 @@ pub(super) fn plan(candidates: Vec<Candidate>, query: &ListQuery) -> ListPlan {
     if candidates.len() <= IDS_PER_UPSTREAM_CALL {
         return ListPlan::OneCall(candidates.into_iter().map(|c| c.id).collect());
     }
-    if query.status.is_some() || query.service_tier.is_some() {
+    if query.service_tier.is_some() {
         return ListPlan::AskArkForAll(candidates.into_iter().map(|c| c.id).collect());
     }
-    // Known to the ledger (and, with a model filter, of a known model): counted here.
+    // Known to the ledger (with a model filter, of a known model; with a
+    // status filter, of a status the mirror knows): counted here. The
+    // mirror's status of an unfinished task may lag Ark's by a reconcile
+    // interval (docs/spend.md).
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for c in candidates {
-        match c.created_ms {
-            Some(created_ms) if query.model.is_none() || c.model.is_some() => local.push((created_ms, c.id)),
+        let known_model = query.model.is_none() || c.model.is_some();
+        match (c.created_ms, query.status, c.status) {
+            (Some(created_ms), None, _) if known_model => local.push((created_ms, c.id)),
+            (Some(created_ms), Some(wanted), Some(status)) if known_model => {
+                if status.as_str() == wanted.as_str() {
+                    local.push((created_ms, c.id));
+                }
+            }
             _ => remote.push(c.id),
         }
     }
@@ -318,6 +334,11 @@ mod tests {
                 id: id(i),
                 model: Some("m".into()),
                 created_ms: Some(i as u64 * 1000),
+                status: Some(if i % 2 == 0 {
+                    ArkStatus::Queued
+                } else {
+                    ArkStatus::Running
+                }),
             })
             .collect()
     }
@@ -327,6 +348,7 @@ mod tests {
             id: id(i),
             model: None,
             created_ms: None,
+            status: None,
         }
     }
 
@@ -345,12 +367,25 @@ mod tests {
 
     #[test]
     fn a_filter_only_ark_decides_asks_for_every_id_in_bounded_chunks() {
-        for filter in ["filter.status=running", "filter.service_tier=flex"] {
-            let ListPlan::AskArkForAll(ids) = plan(owned(250), &query(filter)) else {
-                panic!("{filter}: all ids asked of Ark")
+        let ListPlan::AskArkForAll(ids) = plan(owned(250), &query("filter.service_tier=flex")) else {
+            panic!("all ids asked of Ark")
+        };
+        assert_eq!(ids.len(), 250);
+        assert_eq!(ids.chunks(IDS_PER_UPSTREAM_CALL).count(), 3, "upstream calls");
+    }
+
+    #[test]
+    fn a_status_filter_is_planned_from_the_mirror_whatever_the_task_count() {
+        for n in [250, 25_000] {
+            let mut candidates = owned(n);
+            candidates[1].status = None; // never seen since the mirror began: Ark decides
+            candidates.push(granted(900_000));
+            let ListPlan::CountHere { local, remote } = plan(candidates, &query("filter.status=running")) else {
+                panic!("counted here")
             };
-            assert_eq!(ids.len(), 250);
-            assert_eq!(ids.chunks(IDS_PER_UPSTREAM_CALL).count(), 3, "upstream calls");
+            // The odd ones run; one of them is unknown to the mirror.
+            assert_eq!(local.len(), n / 2 - 1);
+            assert_eq!(remote, vec![id(1), id(900_000)], "only what the mirror cannot tell");
         }
     }
 

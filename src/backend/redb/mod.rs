@@ -25,6 +25,7 @@ pub use faults::StoreFaults;
 use owner_cache::OwnerCache;
 
 use crate::ledger::*;
+use crate::spend::ArkStatus;
 
 /// task id → [`TaskRecord`] (JSON).
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -319,25 +320,51 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
     }
 }
 
-fn index_value(state: TaskState, model: Option<&str>) -> Vec<u8> {
+/// The mirror's statuses in the index, by their place here (0: unknown).
+const STATUSES: [ArkStatus; 6] = [
+    ArkStatus::Queued,
+    ArkStatus::Running,
+    ArkStatus::Succeeded,
+    ArkStatus::Failed,
+    ArkStatus::Cancelled,
+    ArkStatus::Expired,
+];
+/// Set in the first byte of an index value that carries a status byte
+/// (values written before the mirror have none).
+const WITH_STATUS: u8 = 0x80;
+
+fn index_value(state: TaskState, model: Option<&str>, status: Option<ArkStatus>) -> Vec<u8> {
     let state = match state {
         TaskState::Active => 0,
         TaskState::Cancelled => 1,
         TaskState::Deleted => 2,
     };
-    let mut v = vec![state, u8::from(model.is_some())];
+    let status = status
+        .and_then(|s| STATUSES.iter().position(|k| *k == s))
+        .map_or(0, |i| i as u8 + 1);
+    let mut v = vec![state | WITH_STATUS, status, u8::from(model.is_some())];
     v.extend_from_slice(model.unwrap_or("").as_bytes());
     v
 }
 
-fn decode_index(v: &[u8]) -> (TaskState, Option<String>) {
-    let state = match v.first() {
-        Some(1) => TaskState::Cancelled,
-        Some(2) => TaskState::Deleted,
+fn decode_index(v: &[u8]) -> (TaskState, Option<String>, Option<ArkStatus>) {
+    let first = v.first().copied().unwrap_or(0);
+    let state = match first & !WITH_STATUS {
+        1 => TaskState::Cancelled,
+        2 => TaskState::Deleted,
         _ => TaskState::Active,
     };
-    let model = (v.get(1) == Some(&1)).then(|| String::from_utf8_lossy(&v[2..]).into_owned());
-    (state, model)
+    let (status, rest) = match first & WITH_STATUS {
+        0 => (None, v.get(1..).unwrap_or(&[])),
+        _ => (
+            v.get(1)
+                .and_then(|s| s.checked_sub(1))
+                .and_then(|i| STATUSES.get(i as usize).copied()),
+            v.get(2..).unwrap_or(&[]),
+        ),
+    };
+    let model = (rest.first() == Some(&1)).then(|| String::from_utf8_lossy(&rest[1..]).into_owned());
+    (state, model, status)
 }
 
 fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerError> {
@@ -356,7 +383,7 @@ fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerErr
     index
         .insert(
             (record.tenant.as_str(), record.created_ms, record.task_id.as_str()),
-            index_value(record.state, record.model.as_deref()).as_slice(),
+            index_value(record.state, record.model.as_deref(), record.spend.status).as_slice(),
         )
         .map_err(unavailable)?;
     Ok(())
@@ -692,12 +719,13 @@ impl Ledger for RedbLedger {
             for entry in range.rev() {
                 let (k, v) = entry.map_err(unavailable)?;
                 let (_, created_ms, task_id) = k.value();
-                let (state, model) = decode_index(v.value());
+                let (state, model, status) = decode_index(v.value());
                 if state != TaskState::Deleted {
                     out.push(OwnedTask {
                         task_id: task_id.to_string(),
                         model,
                         created_ms,
+                        status,
                     });
                 }
             }
@@ -853,5 +881,29 @@ impl Ledger for RedbLedger {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let tasks = txn.open_table(TASKS).map_err(unavailable)?;
         tasks.len().map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_values_carry_the_status_and_read_the_older_layout() {
+        for status in [None, Some(ArkStatus::Queued), Some(ArkStatus::Expired)] {
+            for model in [None, Some("m-1")] {
+                let v = index_value(TaskState::Cancelled, model, status);
+                assert_eq!(
+                    decode_index(&v),
+                    (TaskState::Cancelled, model.map(str::to_string), status)
+                );
+            }
+        }
+        // Written before the mirror: [state, has_model, model…].
+        assert_eq!(
+            decode_index(&[2, 1, b'm']),
+            (TaskState::Deleted, Some("m".to_string()), None)
+        );
+        assert_eq!(decode_index(&[0, 0]), (TaskState::Active, None, None));
     }
 }

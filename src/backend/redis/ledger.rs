@@ -460,6 +460,7 @@ impl Ledger for RedisLedger {
                     task_id: r.task_id,
                     model: r.model,
                     created_ms: r.created_ms,
+                    status: r.spend.status,
                 })
                 .collect())
         })
