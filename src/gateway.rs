@@ -292,9 +292,13 @@ fn reconciler(
         let limits = limits.clone();
         Box::pin(async move {
             let Some(global) = &limits.global else { return Ok(()) };
+            // Tenants first: the reconciler waits while less than a fifth is left.
             match &limits.backend {
-                LimiterBackend::Local => global.local.check(),
-                LimiterBackend::Redis(redis) => match redis.check("upstream", &global.config).await {
+                LimiterBackend::Local => global.local.check_leaving(global.tenant_share()),
+                LimiterBackend::Redis(redis) => match redis
+                    .check_leaving("upstream", &global.config, global.tenant_share())
+                    .await
+                {
                     Ok(result) => result,
                     Err(_) => Err(Duration::from_secs(1)),
                 },

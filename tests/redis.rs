@@ -550,3 +550,27 @@ async fn a_create_whose_replica_died_gives_its_hold_back_when_the_lease_ends() {
     let counts = ledger.tenant_counts("alpha", at).await.unwrap();
     assert_eq!((counts.active, counts.day.reserved_tokens), (1, 100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_caller_leaves_a_fifth_of_the_shared_quota_to_tenants() {
+    use std::num::NonZeroU32;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
+    let redis = ark_gateway::backend::redis::Redis::connect(&url, "q:", Arc::new(Metrics::new())).unwrap();
+    let limiter = ark_gateway::backend::redis::RedisLimiter::new(redis);
+    let limit = ark_gateway::config::RateLimitConfig {
+        per: ark_gateway::config::RatePeriod::Minute,
+        rate: NonZeroU32::new(10).unwrap(),
+        burst: NonZeroU32::new(10).unwrap(),
+    };
+    let mut background = 0;
+    while limiter.check_leaving("upstream", &limit, 2).await.unwrap().is_ok() {
+        background += 1;
+        assert!(background <= 10);
+    }
+    assert_eq!(background, 8, "two cells are left to tenants");
+    assert!(limiter.check("upstream", &limit).await.unwrap().is_ok());
+    assert!(limiter.check("upstream", &limit).await.unwrap().is_ok());
+    assert!(limiter.check("upstream", &limit).await.unwrap().is_err());
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub(crate) use crate::backend::redis::RedisLimiter;
 pub(crate) use layer::RateLimitLayer;
-pub(crate) use limiter::TenantLimiter;
+pub(crate) use limiter::{GlobalLimiter, TenantLimiter};
 pub(crate) use service::RateLimitService;
 
 use crate::config::RateLimitConfig;
@@ -39,14 +39,19 @@ pub(crate) enum LimiterBackend {
 pub(crate) struct GlobalLimit {
     pub config: RateLimitConfig,
     /// Used with [`LimiterBackend::Local`].
-    pub local: TenantLimiter,
+    pub local: GlobalLimiter,
 }
 
 impl GlobalLimit {
     pub(crate) fn new(config: RateLimitConfig) -> Self {
         Self {
-            local: TenantLimiter::new(&config),
+            local: GlobalLimiter::new(&config),
             config,
         }
+    }
+
+    /// The cells a background caller leaves to tenants: a fifth of the burst.
+    pub(crate) fn tenant_share(&self) -> u32 {
+        self.config.burst.get().div_ceil(5)
     }
 }

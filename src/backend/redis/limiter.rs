@@ -9,7 +9,8 @@ use super::{Redis, RedisDown};
 use crate::config::{RateLimitConfig, RatePeriod};
 
 /// `KEYS[1]`: the bucket; `ARGV[1]`: emission interval (ms); `ARGV[2]`: burst
-/// tolerance (ms). Returns `{1, 0}` (allowed) or `{0, ms to wait}`.
+/// tolerance (ms); `ARGV[3]`: cells that must be left for others after this
+/// one (0 for tenants). Returns `{1, 0}` (allowed) or `{0, ms to wait}`.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -17,7 +18,7 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local wait = tat - now - tolerance
+local wait = tat + tonumber(ARGV[3]) * interval - now - tolerance
 if wait > 0 then return {0, math.ceil(wait)} end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
@@ -43,6 +44,16 @@ impl RedisLimiter {
 
     /// Takes one cell of `bucket`, or says how long until one is free.
     pub async fn check(&self, bucket: &str, limit: &RateLimitConfig) -> Result<Result<(), Duration>, RedisDown> {
+        self.check_leaving(bucket, limit, 0).await
+    }
+
+    /// Takes one cell only if `reserve` more would still be free after it.
+    pub async fn check_leaving(
+        &self,
+        bucket: &str,
+        limit: &RateLimitConfig,
+        reserve: u32,
+    ) -> Result<Result<(), Duration>, RedisDown> {
         let period_ms = match limit.per {
             RatePeriod::Second => 1_000.0,
             RatePeriod::Minute => 60_000.0,
@@ -55,6 +66,7 @@ impl RedisLimiter {
                 .key(self.redis.key(&format!("rl:{bucket}")))
                 .arg(interval)
                 .arg(tolerance)
+                .arg(reserve)
                 .invoke_async(&mut conn)
                 .await,
         )?;
