@@ -23,11 +23,12 @@ def main():
     ap.add_argument("--c", type=int, nargs="+", default=[16, 64, 256], help="connection levels")
     ap.add_argument("--d", type=int, default=4, help="seconds per round")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--governed", action="store_true", help="both binaries take the spend settings (quota, budgets)")
     args = ap.parse_args()
     work = bench.BENCH / "out-ab"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    setup = bench.Setup(work)
+    setup = bench.Setup(work, governed=args.governed)
     try:
         setup.start_mock()
         setup.redis_socket = work / "unused.sock"

@@ -104,10 +104,25 @@ def wrk(url, connections, seconds, script="report.lua", token=TOKEN):
     return r
 
 
+# Spend governance as a production config has it: prices, a quota and budgets
+# (far above what a run reaches), so creates pay for the admission check.
+GOVERNANCE_PRICING = """
+[pricing]
+currency = "CNY"
+default_per_million_tokens = 15.0
+"""
+GOVERNANCE_TENANT = """
+max_active_tasks = 1000000000
+budget = { daily_tokens = 9000000000000000, monthly_cost = 900000000000.0 }
+"""
+
+
 class Setup:
-    def __init__(self, work):
+    def __init__(self, work, governed=True):
         self.work = work
         self.procs = []
+        # Off for A/B runs against binaries that predate governance.
+        self.governed = governed
 
     def start_mock(self):
         mock = subprocess.Popen([str(BIN), "mock-upstream", "--listen", "127.0.0.1:0", "--api-key", KEY,
@@ -155,11 +170,13 @@ sink = "file"
 path = "{self.work / (name + '-audit.jsonl')}"
 [store]
 {store}
+{GOVERNANCE_PRICING if self.governed else ""}
 [[tenant]]
 name = "bench"
 token_sha256 = "{token_hash}"
 operations = ["create", "get", "list", "delete"]
 rate_limit = {{ per_second = 10000000, burst = 10000000 }}
+{GOVERNANCE_TENANT if self.governed else ""}
 """)
         gw = subprocess.Popen([str(BIN), "run", "--config", str(config)], env={**os.environ, "BENCH_ARK_KEY": KEY, "RUST_LOG": "warn,ark_gateway=info"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

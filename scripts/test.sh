@@ -52,4 +52,4 @@ step "benchmark smoke: bench/run.sh --smoke (the full run: bench/run.sh)"
 bench/run.sh --smoke
 
 step "A/B benchmark smoke: bench/ab.py, the release binary against itself, one short round"
-python3 bench/ab.py target/release/ark-gateway target/release/ark-gateway --c 4 --d 1 --rounds 1
+python3 bench/ab.py target/release/ark-gateway target/release/ark-gateway --c 4 --d 1 --rounds 1 --governed

@@ -82,7 +82,9 @@ pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
     );
     if let Some(admin) = admin {
         out.push_str(&format!(
-            "Probes and metrics: http://{admin}/readyz, http://{admin}/metrics\n"
+            "Probes: http://{admin}/readyz. Usage and metrics, with the demo admin token:\n\
+             curl -s -H 'Authorization: Bearer demo-admin-token' http://{admin}/usage\n\
+             curl -s -H 'Authorization: Bearer demo-admin-token' http://{admin}/metrics\n"
         ));
     }
     for (tenant, token) in DEMO_TENANTS {
@@ -93,6 +95,7 @@ pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
                -d '{{\"model\":\"doubao-seedance-1-0-pro-250528\",\"content\":[{{\"type\":\"text\",\"text\":\"a red kite over the sea\"}}]}}'\n\
              curl -s {base}/contents/generations/tasks/$ID -H 'Authorization: Bearer {token}'\n\
              curl -s -X DELETE {base}/contents/generations/tasks/$ID -H 'Authorization: Bearer {token}'\n\
+             curl -s http://{gateway}/gateway/v1/usage -H 'Authorization: Bearer {token}'\n\
              \n\
              # pip install volcengine-ark-runtime\n\
              from volcenginesdkarkruntime import Ark\n\

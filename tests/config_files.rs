@@ -73,3 +73,62 @@ fn the_tasks_cli_reads_the_store_and_its_retention_without_the_key() {
         std::time::Duration::from_secs(30 * 86400)
     );
 }
+
+/// A minimal valid file with `extra` appended (tables after the tenant).
+fn with_spend(pricing: &str, tenant_extra: &str) -> Result<Config, ark_gateway::config::ConfigError> {
+    let text = format!(
+        r#"
+[upstream]
+base_url = "https://ark.example/api/v3"
+api_key_env = "K"
+{pricing}
+[[tenant]]
+name = "t"
+token_sha256 = "{}"
+operations = ["create"]
+rate_limit = {{ per_second = 1 }}
+{tenant_extra}
+"#,
+        "ab".repeat(32)
+    );
+    Config::from_toml_str(&text, &|_| Some("sk-x".to_string()))
+}
+
+#[test]
+fn a_cost_budget_needs_a_price_for_every_model_the_tenant_may_use() {
+    let priced = "[pricing]\n[[pricing.model]]\nmodel = \"m1\"\nper_million_tokens = 15.0\n";
+    // No models list: any model, so a default price is needed.
+    let err = with_spend(priced, "budget = { monthly_cost = 10.0 }").unwrap_err();
+    assert!(err.mentions("tenant[0].budget"), "{err}");
+    // A listed model without a price.
+    let err = with_spend(priced, "models = [\"m1\", \"m2\"]\nbudget = { daily_cost = 1.0 }").unwrap_err();
+    assert!(err.to_string().contains("m2"), "{err}");
+    // Every listed model priced, or a default: accepted.
+    with_spend(priced, "models = [\"m1\"]\nbudget = { daily_cost = 1.0 }").unwrap();
+    let defaulted = "[pricing]\ndefault_per_million_tokens = 2.5\n";
+    with_spend(defaulted, "budget = { monthly_cost = 10.0 }").unwrap();
+    // A token budget needs no price.
+    with_spend("", "budget = { daily_tokens = 1000 }").unwrap();
+}
+
+#[test]
+fn spend_settings_are_checked_with_their_keys() {
+    let err = with_spend(
+        "[pricing]\ncurrency = \"\"\n[[pricing.model]]\nper_million_tokens = -1.0\n",
+        "max_active_tasks = 0\nbudget = { daily_tokens = -5, monthly_cost = 0.0 }\ncallback_hosts = [\"https://x\", \"*.\"]",
+    )
+    .unwrap_err();
+    for key in [
+        "pricing.currency",
+        "pricing.model[0].model",
+        "tenant[0].max_active_tasks",
+        "tenant[0].budget.daily_tokens",
+        "tenant[0].budget.monthly_cost",
+        "tenant[0].callback_hosts",
+    ] {
+        assert!(err.mentions(key), "{key} in:\n{err}");
+    }
+    let config = with_spend("", "max_active_tasks = 4").unwrap();
+    assert!(config.reconcile.enabled, "a quota switches the reconciler on");
+    assert!(!with_spend("", "").unwrap().reconcile.enabled, "off without governance");
+}

@@ -402,3 +402,61 @@ async fn budget_windows_reset_at_utc_day_and_month_boundaries() {
     let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
     budget_window_scenario(&ledger).await;
 }
+
+#[tokio::test]
+async fn records_from_before_the_mirror_are_reconciled_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    {
+        // A file as the gateway wrote it before the mirror: records without `spend`.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut tasks = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("tasks"))
+                .unwrap();
+            for (id, state) in [("cgt-old-active", "active"), ("cgt-old-deleted", "deleted")] {
+                let json = format!(
+                    r#"{{"task_id":"{id}","tenant":"alpha","model":"model-a","created_ms":1000,"client_request_id":null,"state":"{state}","source":"created"}}"#
+                );
+                tasks.insert(id, json.as_bytes()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let ledger = RedbLedger::open(&path).unwrap();
+    let record = ledger.owner_of("cgt-old-active").await.unwrap().unwrap();
+    assert_eq!(record.spend.status, None, "an unknown status");
+    assert_eq!(ledger.open_tasks(10).await.unwrap(), vec!["cgt-old-active".to_string()]);
+    // Seen running: it takes a slot; seen ended: it frees it and is counted.
+    use ark_gateway::spend::{ArkStatus, Observation};
+    let seen = |status| Observation::Seen {
+        status,
+        tokens: None,
+        updated_at: None,
+    };
+    ledger
+        .observe("cgt-old-active", seen(ArkStatus::Running))
+        .await
+        .unwrap();
+    assert_eq!(ledger.tenant_counts("alpha", 1000).await.unwrap().active, 1);
+    let settled = ledger
+        .observe(
+            "cgt-old-active",
+            Observation::Seen {
+                status: ArkStatus::Succeeded,
+                tokens: Some(500),
+                updated_at: Some(2),
+            },
+        )
+        .await
+        .unwrap()
+        .expect("settled");
+    assert_eq!(settled.tokens, 500);
+    assert_eq!(ledger.tenant_counts("alpha", 1000).await.unwrap().active, 0);
+    assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+    // Adopted once: a reopen does not add them again.
+    drop(ledger);
+    let ledger = RedbLedger::open(&path).unwrap();
+    assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+}

@@ -357,7 +357,7 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
 
 #[tokio::test]
 async fn usage_reports_agree_and_a_tenant_sees_only_its_own() {
-    let env = governed("budget = { monthly_cost = 100.0 }", "").await;
+    let mut env = governed("budget = { monthly_cost = 100.0 }", "").await;
     let a = env.create(ALPHA).await;
     set_task(&env, &a, "succeeded", Some(1_000_000)).await;
     env.call("GET", &format!("{TASKS}/{a}"), Some(ALPHA), None).await;
@@ -405,6 +405,14 @@ async fn usage_reports_agree_and_a_tenant_sees_only_its_own() {
     assert!(text.lines().nth(1).unwrap().starts_with("alpha,model-a,"), "{text}");
     // The usage path is never forwarded, and is audited as `usage`.
     assert!(env.upstream().iter().all(|r| !r.path_and_query.contains("usage")));
+    let records = env.finish().await;
+    let usage: Vec<_> = records
+        .iter()
+        .filter(|r| r.operation.as_deref() == Some("usage"))
+        .collect();
+    assert_eq!(usage.len(), 4, "every /gateway/v1/usage call is audited");
+    assert!(usage.iter().all(|r| r.upstream_status.is_none()));
+    assert_eq!(usage.iter().filter(|r| r.status == 400).count(), 1);
 }
 
 #[tokio::test]

@@ -145,6 +145,7 @@ impl RedbLedger {
             txn.open_table(INTENTS).map_err(unavailable)?;
             spend::open_tables(&txn)?;
             release_dead_intents(&txn)?;
+            spend::adopt_unmirrored(&txn)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);

@@ -12,6 +12,8 @@ use crate::ledger::{LedgerError, TaskRecord};
 use crate::spend::transition;
 use crate::spend::*;
 
+/// Marks what the file holds: 1 once records from before the mirror were adopted.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("spend_meta");
 /// tenant → active slots; the empty name is the whole account.
 pub(super) const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("active_slots");
 /// (tenant, `2026-12-02` or `2026-12`) → [`WindowTotals`] (JSON).
@@ -48,6 +50,31 @@ pub(super) fn open_tables(txn: &WriteTransaction) -> Result<(), LedgerError> {
     txn.open_table(WINDOWS).map_err(unavailable)?;
     txn.open_table(USAGE).map_err(unavailable)?;
     txn.open_table(OPEN).map_err(unavailable)?;
+    txn.open_table(META).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Once per file: tasks recorded before the mirror existed (no status, not
+/// settled, not cancelled or deleted) join the open set, so the reconciler
+/// asks Ark about them like any other.
+pub(super) fn adopt_unmirrored(txn: &WriteTransaction) -> Result<(), LedgerError> {
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    if meta.get("mirror").map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    let tasks = txn.open_table(super::TASKS).map_err(unavailable)?;
+    let mut open = txn.open_table(OPEN).map_err(unavailable)?;
+    for entry in tasks.iter().map_err(unavailable)? {
+        let (_, v) = entry.map_err(unavailable)?;
+        let Ok(record) = serde_json::from_slice::<TaskRecord>(v.value()) else {
+            continue;
+        };
+        if record.spend.status.is_none() && !record.spend.settled && record.state == crate::ledger::TaskState::Active {
+            open.insert(record.task_id.as_str(), record.created_ms)
+                .map_err(unavailable)?;
+        }
+    }
+    meta.insert("mirror", 1).map_err(unavailable)?;
     Ok(())
 }
 

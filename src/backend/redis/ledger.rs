@@ -26,6 +26,8 @@ pub struct RedisLedger {
     retention: Duration,
     usage_retention: Duration,
     admit: redis::Script,
+    /// Records from before the mirror were adopted (checked once per process).
+    adopted: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(e: RedisDown) -> LedgerError {
@@ -39,6 +41,7 @@ impl RedisLedger {
             retention,
             usage_retention: Duration::from_secs(400 * 86_400),
             admit: redis::Script::new(counts::ADMIT),
+            adopted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -90,6 +93,48 @@ impl RedisLedger {
             used_cost_micros: at(2),
             reserved_cost_micros: at(3),
         })
+    }
+
+    /// Once per store (a marker key): tasks recorded before the mirror
+    /// existed join the open set, so the reconciler asks Ark about them.
+    async fn adopt_unmirrored(&self) -> Result<(), LedgerError> {
+        if self.adopted.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut conn = self.redis.conn();
+        let marker: Option<String> = self
+            .redis
+            .observe(conn.get(self.redis.key("mirror")).await)
+            .map_err(unavailable)?;
+        if marker.is_none() {
+            let strip = self.redis.key("task:");
+            let ids: Vec<String> = self
+                .scan("task:*")
+                .await?
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&strip).map(str::to_string))
+                .collect();
+            for chunk in ids.chunks(500) {
+                let records = self.records(chunk).await?;
+                let unmirrored: Vec<&str> = records
+                    .iter()
+                    .filter(|r| r.spend.status.is_none() && !r.spend.settled && r.state == TaskState::Active)
+                    .map(|r| r.task_id.as_str())
+                    .collect();
+                if !unmirrored.is_empty() {
+                    let mut conn = self.redis.conn();
+                    self.redis
+                        .observe(conn.sadd::<_, _, ()>(self.redis.key("open"), unmirrored).await)
+                        .map_err(unavailable)?;
+                }
+            }
+            let mut conn = self.redis.conn();
+            self.redis
+                .observe(conn.set::<_, _, ()>(self.redis.key("mirror"), "1").await)
+                .map_err(unavailable)?;
+        }
+        self.adopted.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The counter changes of an observation's transition.
@@ -607,6 +652,7 @@ impl Ledger for RedisLedger {
 
     fn open_tasks(&self, limit: usize) -> LedgerFuture<'_, Vec<String>> {
         Box::pin(async move {
+            self.adopt_unmirrored().await?;
             let mut conn = self.redis.conn();
             let ids: Vec<String> = self
                 .redis
