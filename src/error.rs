@@ -92,8 +92,6 @@ pub enum GatewayError {
         window: crate::spend::Window,
         retry_after: Duration,
     },
-    #[error("The gateway is still counting active tasks and budgets after its start; retry shortly.")]
-    CountsNotReady,
     #[error("This endpoint needs an admin token: set admin.token_sha256 in the gateway's config.")]
     AdminTokenNotConfigured,
 }
@@ -282,13 +280,6 @@ impl GatewayError {
                 "budget_exceeded",
                 window.param(),
                 RetryLater(*retry_after),
-            ),
-            CountsNotReady => row(
-                DOWN,
-                "ServiceUnavailable",
-                "counts_not_ready",
-                "",
-                RetryAfter(Duration::from_secs(1)),
             ),
             AdminTokenNotConfigured => row(DENY, "AccessDenied", "admin_token_not_configured", "", None),
         }

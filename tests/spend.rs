@@ -79,6 +79,13 @@ async fn set_task(env: &TestEnv, id: &str, status: &str, tokens: Option<u64>) {
     assert_eq!(reply.status, 200, "mock control: {}", reply.text());
 }
 
+async fn admin_metrics(env: &TestEnv) -> String {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let reply = request(env.admin_addr, "GET", "/metrics", &[("Authorization", &auth)], b"").await;
+    assert_eq!(reply.status, 200);
+    reply.text()
+}
+
 async fn admin_usage(env: &TestEnv, query: &str) -> Value {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let reply = request(
@@ -264,6 +271,16 @@ async fn a_budget_reserves_refuses_settles_once_and_admits_again() {
         (row["cost"].as_f64().unwrap() - 0.2).abs() < 1e-9,
         "20,000 tokens at 10 per million: {row}"
     );
+    let metrics = admin_metrics(&env).await;
+    for line in [
+        "ark_gateway_tokens_total{tenant=\"alpha\",model=\"model-a\"} 20000",
+        "ark_gateway_cost_total{tenant=\"alpha\",model=\"model-a\"} 0.2",
+        "ark_gateway_quota_rejections_total{tenant=\"alpha\",reason=\"budget_exceeded\"} 1",
+        "ark_gateway_budget_remaining{tenant=\"alpha\",window=\"daily_tokens\"} 130000",
+        "ark_gateway_active_tasks{tenant=\"alpha\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     // 20,000 + 100,000 + 100,000 fits.
     env.create(ALPHA).await;
     // A delete of the finished task keeps its counts.
@@ -353,6 +370,9 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
     }
     // Well inside a minute: at most its budget of calls.
     assert!(lists.len() <= 3, "{} list calls", lists.len());
+    let metrics = admin_metrics(&env).await;
+    assert!(metrics.contains("ark_gateway_reconcile_runs_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("ark_gateway_reconcile_lag_seconds"), "{metrics}");
 }
 
 #[tokio::test]
