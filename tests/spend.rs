@@ -371,7 +371,10 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
     // Well inside a minute: at most its budget of calls.
     assert!(lists.len() <= 3, "{} list calls", lists.len());
     let metrics = admin_metrics(&env).await;
-    assert!(metrics.contains("ark_gateway_reconcile_runs_total{result=\"ok\"}"), "{metrics}");
+    assert!(
+        metrics.contains("ark_gateway_reconcile_runs_total{result=\"ok\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ark_gateway_reconcile_lag_seconds"), "{metrics}");
 }
 

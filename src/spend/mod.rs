@@ -362,11 +362,26 @@ pub struct Transition {
     pub settlement: Option<Settlement>,
 }
 
+/// Whether `observation` changes anything for a task whose spend is `spend`
+/// (the check on every relayed answer, before any write). A settled task is
+/// counted once: later answers do not change what was counted.
+pub fn changes(spend: &TaskSpend, observation: Observation) -> bool {
+    let ended = spend.status.is_some_and(|s| !s.is_active());
+    match observation {
+        Observation::Seen { status, tokens, .. } => {
+            !spend.settled && (spend.status != Some(status) || spend.tokens != tokens.or(spend.tokens))
+        }
+        Observation::Gone | Observation::Deleted => !(ended || spend.settled),
+    }
+}
+
 /// The effect of `observation` on `record`, or `None` when it changes nothing
 /// (the common case: an answer that repeats what the mirror knows).
 pub fn transition(record: &crate::ledger::TaskRecord, observation: Observation) -> Option<Transition> {
     let spend = &record.spend;
-    let ended = spend.status.is_some_and(|s| !s.is_active());
+    if !changes(spend, observation) {
+        return None;
+    }
     let mut next = spend.clone();
     match observation {
         Observation::Seen {
@@ -374,19 +389,10 @@ pub fn transition(record: &crate::ledger::TaskRecord, observation: Observation) 
             tokens,
             updated_at,
         } => {
-            let tokens = tokens.or(spend.tokens);
-            if spend.status == Some(status) && spend.tokens == tokens {
-                return None;
-            }
-            if spend.settled {
-                // Counted once: later answers do not change what was counted.
-                return None;
-            }
             next.status = Some(status);
-            next.tokens = tokens;
+            next.tokens = tokens.or(spend.tokens);
             next.updated_at = updated_at.or(spend.updated_at);
         }
-        Observation::Gone | Observation::Deleted if ended || spend.settled => return None,
         Observation::Gone => next.status = Some(ArkStatus::Expired),
         Observation::Deleted => next.status = Some(ArkStatus::Cancelled),
     }

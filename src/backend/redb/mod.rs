@@ -783,14 +783,20 @@ impl Ledger for RedbLedger {
     ) -> LedgerFuture<'a, Option<crate::spend::Settlement>> {
         // Most answers repeat what the mirror knows: a read (which never waits
         // for the writer) decides whether there is anything to write.
+        /// The one field the check needs (no strings to allocate).
+        #[derive(serde::Deserialize)]
+        struct SpendOnly {
+            #[serde(default)]
+            spend: crate::spend::TaskSpend,
+        }
         let changes = (|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let tasks = txn.open_table(TASKS).map_err(unavailable)?;
             let value = tasks.get(task_id).map_err(unavailable)?;
             Ok::<_, LedgerError>(
                 value
-                    .and_then(|v| serde_json::from_slice::<TaskRecord>(v.value()).ok())
-                    .is_some_and(|record| crate::spend::transition(&record, observation).is_some()),
+                    .and_then(|v| serde_json::from_slice::<SpendOnly>(v.value()).ok())
+                    .is_some_and(|r| crate::spend::changes(&r.spend, observation)),
             )
         })();
         Box::pin(async move {
