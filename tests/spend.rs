@@ -348,7 +348,30 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lists: Vec<_> = env.upstream().into_iter().filter(|r| r.method == "GET").collect();
+    // Seen again by the tenant (get and list) after the reconciler settled it: counted once.
+    assert_eq!(
+        env.call("GET", &format!("{TASKS}/{id}"), Some(ALPHA), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(env.call("GET", TASKS, Some(ALPHA), None).await.status, 200);
+    let report = admin_usage(&env, "").await;
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant"] == "alpha")
+        .unwrap();
+    assert_eq!(
+        (row["succeeded"].as_u64(), row["tokens"].as_u64()),
+        (Some(1), Some(5_000))
+    );
+    let lists: Vec<_> = env
+        .upstream()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path_and_query.contains("page_size=100&filter.task_ids"))
+        .collect();
     assert!(!lists.is_empty());
     for list in &lists {
         assert!(
@@ -524,4 +547,31 @@ async fn counts_survive_a_restart() {
         window(tenant_view(&after, "alpha"), "daily_tokens")["reserved"],
         200_000
     );
+}
+
+#[tokio::test]
+async fn a_replay_is_answered_before_the_quota_and_a_lowered_quota_applies_at_once() {
+    let mut env = governed("", "").await;
+    let auth = format!("Bearer {ALPHA}");
+    let keyed = [("Authorization", auth.as_str()), ("Idempotency-Key", "replay-me")];
+    let first = request(env.addr, "POST", TASKS, &keyed, CREATE_BODY.as_bytes()).await;
+    assert_eq!(first.status, 200);
+    env.create(ALPHA).await;
+    env.create(ALPHA).await;
+    assert_eq!(create_reply(&env, ALPHA, CREATE_BODY).await.status, 429, "3 of 3");
+    // The same key creates nothing, so the full quota does not refuse it.
+    let again = request(env.addr, "POST", TASKS, &keyed, CREATE_BODY.as_bytes()).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // A reload lowers beta's quota from none to 1: its next create past it is refused.
+    env.create(BETA).await;
+    let lowered = env
+        .config_text
+        .replacen("name = \"beta\"\n", "name = \"beta\"\nmax_active_tasks = 1\n", 1);
+    env.write_config(lowered);
+    env.gateway().reload().unwrap();
+    let refused = create_reply(&env, BETA, CREATE_BODY).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.error_code(), "QuotaExceeded");
 }

@@ -73,6 +73,22 @@ pub struct TaskRecord {
     pub spend: TaskSpend,
 }
 
+/// The answer of an owner check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ownership {
+    pub owns: bool,
+    /// The mirror's spend state, where the store had it at hand (so a relayed
+    /// answer that repeats it needs no second look).
+    pub spend: Option<TaskSpend>,
+}
+
+impl Ownership {
+    pub const NONE: Ownership = Ownership {
+        owns: false,
+        spend: None,
+    };
+}
+
 /// A task in a tenant's list index (newest first), without the full record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedTask {
@@ -160,10 +176,23 @@ pub trait Ledger: Send + Sync + 'static {
     fn abandon_create(&self, intent: CreateIntent, fate: CreateFate) -> LedgerFuture<'_, ()>;
     /// The ownership record of a task, if any.
     fn owner_of<'a>(&'a self, task_id: &'a str) -> LedgerFuture<'a, Option<TaskRecord>>;
-    /// Whether `tenant` owns the task: the check on every get and delete, so
-    /// a store may answer it without building the whole record.
+    /// Whether `tenant` owns the task, and the mirror's spend state: the
+    /// check on every get and delete, so a store may answer it without
+    /// building the whole record.
+    fn owner_check<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, Ownership> {
+        Box::pin(async move {
+            Ok(match self.owner_of(task_id).await? {
+                Some(record) if record.tenant == tenant => Ownership {
+                    owns: true,
+                    spend: Some(record.spend),
+                },
+                _ => Ownership::NONE,
+            })
+        })
+    }
+    /// Whether `tenant` owns the task.
     fn is_owner<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, bool> {
-        Box::pin(async move { Ok(self.owner_of(task_id).await?.is_some_and(|r| r.tenant == tenant)) })
+        Box::pin(async move { Ok(self.owner_check(task_id, tenant).await?.owns) })
     }
     /// Marks a task cancelled or deleted.
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()>;

@@ -32,10 +32,7 @@ impl<S> Layer<S> for PolicyLayer {
         PolicyService {
             inner,
             shared: self.shared.clone(),
-            ledger: Arc::new(Book {
-                ledger: self.ledger.clone(),
-                metrics: self.metrics.clone(),
-            }),
+            ledger: Arc::new(Book::new(self.ledger.clone(), self.metrics.clone())),
         }
     }
 }

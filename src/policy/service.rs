@@ -1,6 +1,7 @@
 //! The policy service: routes the request, checks the operation, and hands
 //! it to the create, get/delete or list path; helpers they share.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::reload::SpendSettings;
 use crate::reload::{SharedSnapshot, Snapshot};
 use crate::route::{route, Operation, TaskId};
-use crate::spend::Observation;
+use crate::spend::{Observation, TaskSpend};
 use crate::tenant::Tenant;
 
 #[derive(Clone)]
@@ -44,6 +45,45 @@ pub(super) type WorkerLedger = Arc<Book>;
 pub(crate) struct Book {
     pub(super) ledger: Arc<dyn Ledger>,
     pub(super) metrics: Arc<Metrics>,
+    /// When this worker last read a get's answer into the mirror, per task.
+    pub(super) read_at: std::sync::Mutex<HashMap<TaskId, u64>>,
+}
+
+/// A client polling one task many times a second repeats one answer: the
+/// mirror reads a get's answer at most this often per task and worker (the
+/// reconciler, lists and deletes still see every change).
+const GET_READ_EVERY_MS: u64 = 1_000;
+/// Tasks whose last read this worker remembers; past it, it starts over.
+const READ_AT_CAPACITY: usize = 16_384;
+
+impl Book {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            ledger,
+            metrics,
+            read_at: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a get's answer for `id` was read within the last second; if
+    /// not, it counts as read now.
+    fn read_recently(&self, id: &TaskId, now_ms: u64) -> bool {
+        let mut read_at = self.read_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match read_at.get_mut(id) {
+            Some(at) if now_ms.saturating_sub(*at) < GET_READ_EVERY_MS => true,
+            Some(at) => {
+                *at = now_ms;
+                false
+            }
+            None => {
+                if read_at.len() >= READ_AT_CAPACITY {
+                    read_at.clear();
+                }
+                read_at.insert(id.clone(), now_ms);
+                false
+            }
+        }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -130,19 +170,26 @@ where
     let ledger = &*book.ledger;
     match (operation, routed.task_id) {
         (Operation::Get, Some(id)) => {
-            authorize_task(ledger, &tenant, &id).await?;
+            let known = authorize_task(ledger, &tenant, &id).await?;
             let (parts, _unread_body) = req.into_parts();
             let response = inner
                 .oneshot(upstream_request(parts, operation, Some(id.clone()), None, Bytes::new()))
                 .await?;
-            Ok(mirror_get(&book, &id, response).await)
+            if response.status() == StatusCode::OK && book.read_recently(&id, crate::ledger::now_ms()) {
+                return Ok(response);
+            }
+            Ok(mirror_get(&book, &id, known.as_ref(), response).await)
         }
         (Operation::Delete, Some(id)) => {
             Box::pin(async {
-                authorize_task(ledger, &tenant, &id).await?;
+                let known = authorize_task(ledger, &tenant, &id).await?;
                 let (parts, _unread_body) = req.into_parts();
                 // A finished task is gone after its delete: learn its usage first.
-                if needs_settling(ledger, &id).await {
+                let settled = match known {
+                    Some(spend) => spend.settled,
+                    None => !needs_settling(ledger, &id).await,
+                };
+                if !settled {
                     let probe = probe_parts(&parts);
                     let answer = inner
                         .clone()
@@ -155,7 +202,7 @@ where
                         ))
                         .await;
                     if let Ok(answer) = answer {
-                        mirror_get(&book, &id, answer).await;
+                        mirror_get(&book, &id, None, answer).await;
                     }
                 }
                 let probe = copy_parts(&parts);
@@ -231,18 +278,23 @@ fn probe_parts(parts: &Parts) -> Parts {
 }
 
 /// Records a get's answer in the mirror (a 404: Ark no longer knows the task)
-/// and hands the answer back unchanged.
-async fn mirror_get(book: &Book, id: &TaskId, response: GatewayResponse) -> GatewayResponse {
+/// and hands the answer back unchanged. `known` is the mirror's state as the
+/// owner check saw it: an answer that repeats it needs no ledger call.
+async fn mirror_get(book: &Book, id: &TaskId, known: Option<&TaskSpend>, response: GatewayResponse) -> GatewayResponse {
+    let repeats = |observation| known.is_some_and(|spend| !crate::spend::changes(spend, observation));
     match response.status() {
         StatusCode::OK => {
             let (head, body) = response.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            if let Some(observation) = crate::spend::observe_task_json(&body) {
-                crate::spend::record(&*book.ledger, &book.metrics, id.as_str(), observation).await;
+            match crate::spend::observe_task_json(&body) {
+                Some(observation) if !repeats(observation) => {
+                    crate::spend::record(&*book.ledger, &book.metrics, id.as_str(), observation).await
+                }
+                _ => {}
             }
             Response::from_parts(head, Full::new(body))
         }
-        StatusCode::NOT_FOUND => {
+        StatusCode::NOT_FOUND if !repeats(Observation::Gone) => {
             crate::spend::record(&*book.ledger, &book.metrics, id.as_str(), Observation::Gone).await;
             response
         }

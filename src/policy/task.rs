@@ -13,18 +13,25 @@ use crate::audit::AuditNote;
 use crate::error::GatewayError;
 use crate::ledger::{Ledger, TaskState};
 use crate::route::{Operation, TaskId};
+use crate::spend::TaskSpend;
 use crate::tenant::Tenant;
 
 /// A tenant may touch a task it was granted in the config or owns in the ledger.
 /// Static grants are checked first, so they work even while the ledger is down;
 /// anything else fails closed when the ledger cannot be read.
-pub(super) async fn authorize_task(ledger: &dyn Ledger, tenant: &Tenant, id: &TaskId) -> Result<(), GatewayError> {
+///
+/// Returns the mirror's spend state where the ledger had it at hand.
+pub(super) async fn authorize_task(
+    ledger: &dyn Ledger,
+    tenant: &Tenant,
+    id: &TaskId,
+) -> Result<Option<TaskSpend>, GatewayError> {
     if tenant.grants.allows(id) {
-        return Ok(());
+        return Ok(None);
     }
-    match ledger.is_owner(id.as_str(), tenant.name.as_str()).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(GatewayError::TaskNotGranted),
+    match ledger.owner_check(id.as_str(), tenant.name.as_str()).await {
+        Ok(ownership) if ownership.owns => Ok(ownership.spend),
+        Ok(_) => Err(GatewayError::TaskNotGranted),
         Err(e) => {
             tracing::error!(error = %e, "ledger read failed; refusing");
             Err(GatewayError::LedgerUnavailable)

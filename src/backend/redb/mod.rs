@@ -189,6 +189,16 @@ impl RedbLedger {
     }
 }
 
+/// The two fields an owner check and a mirror check read, borrowed from the
+/// stored bytes where they can be.
+#[derive(serde::Deserialize)]
+struct OwnerAndSpend<'r> {
+    #[serde(borrow)]
+    tenant: std::borrow::Cow<'r, str>,
+    #[serde(default)]
+    spend: crate::spend::TaskSpend,
+}
+
 /// The file is locked to one process: every intent in it belongs to a
 /// process that died mid-create. Their slots and reservations are given back
 /// (the intents stay, reported by [`RedbLedger::unsettled_creates`]).
@@ -252,7 +262,7 @@ fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver
     }
 }
 
-/// The tasks whose owner an operation may change.
+/// The tasks whose owner (or cached spend) an operation may change.
 enum Touches<'a> {
     Nothing,
     Tasks(Vec<&'a str>),
@@ -264,8 +274,10 @@ fn touched_owners(op: &Op) -> Touches<'_> {
         // A create over an id the ledger already had may move it.
         Op::Complete(_, record) => Touches::Tasks(vec![record.task_id.as_str()]),
         Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
+        // The cached spend of the task changes with these.
+        Op::SetState(id, _) | Op::Observe(id, _) => Touches::Tasks(vec![id.as_str()]),
         Op::Sweep(..) => Touches::Every,
-        Op::Begin(_) | Op::Abandon(..) | Op::SetState(..) | Op::Observe(..) => Touches::Nothing,
+        Op::Begin(_) | Op::Abandon(..) => Touches::Nothing,
     }
 }
 
@@ -679,27 +691,26 @@ impl Ledger for RedbLedger {
         Box::pin(std::future::ready(result))
     }
 
-    fn is_owner<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, bool> {
-        /// The one field the check needs, borrowed from the stored bytes.
-        #[derive(serde::Deserialize)]
-        struct Owner<'r> {
-            #[serde(borrow)]
-            tenant: std::borrow::Cow<'r, str>,
-        }
-        if let Some(owns) = self.owners.is_owner(task_id, tenant) {
-            return Box::pin(std::future::ready(Ok(owns)));
+    fn owner_check<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, Ownership> {
+        if let Some(known) = self.owners.check(task_id, tenant) {
+            return Box::pin(std::future::ready(Ok(known)));
         }
         let read_under = self.owners.generation();
         let result = (|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let tasks = txn.open_table(TASKS).map_err(unavailable)?;
             let value = tasks.get(task_id).map_err(unavailable)?;
-            let Some(value) = value else { return Ok(false) };
-            let Ok(owner) = serde_json::from_slice::<Owner>(value.value()) else {
-                return Ok(false);
+            let Some(value) = value else { return Ok(Ownership::NONE) };
+            let Ok(record) = serde_json::from_slice::<OwnerAndSpend>(value.value()) else {
+                return Ok(Ownership::NONE);
             };
-            self.owners.remember(read_under, task_id, &owner.tenant);
-            Ok(owner.tenant == tenant)
+            let owns = record.tenant == tenant;
+            self.owners
+                .remember_spend(read_under, task_id, &record.tenant, record.spend.clone());
+            Ok(Ownership {
+                owns,
+                spend: owns.then_some(record.spend),
+            })
         })();
         Box::pin(std::future::ready(result))
     }
@@ -783,22 +794,27 @@ impl Ledger for RedbLedger {
     ) -> LedgerFuture<'a, Option<crate::spend::Settlement>> {
         // Most answers repeat what the mirror knows: a read (which never waits
         // for the writer) decides whether there is anything to write.
-        /// The one field the check needs (no strings to allocate).
-        #[derive(serde::Deserialize)]
-        struct SpendOnly {
-            #[serde(default)]
-            spend: crate::spend::TaskSpend,
-        }
-        let changes = (|| {
-            let txn = self.db.begin_read().map_err(unavailable)?;
-            let tasks = txn.open_table(TASKS).map_err(unavailable)?;
-            let value = tasks.get(task_id).map_err(unavailable)?;
-            Ok::<_, LedgerError>(
-                value
-                    .and_then(|v| serde_json::from_slice::<SpendOnly>(v.value()).ok())
-                    .is_some_and(|r| crate::spend::changes(&r.spend, observation)),
-            )
-        })();
+        // Most answers repeat what the mirror knows: the spend kept with the
+        // owner, or else a read (which never waits for the writer), decides
+        // whether there is anything to write.
+        let changes = match self.owners.spend(task_id) {
+            Some(spend) => Ok(crate::spend::changes(&spend, observation)),
+            None => (|| {
+                let read_under = self.owners.generation();
+                let txn = self.db.begin_read().map_err(unavailable)?;
+                let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+                let Some(value) = tasks.get(task_id).map_err(unavailable)? else {
+                    return Ok(false);
+                };
+                let Ok(record) = serde_json::from_slice::<OwnerAndSpend>(value.value()) else {
+                    return Ok(false);
+                };
+                let changes = crate::spend::changes(&record.spend, observation);
+                self.owners
+                    .remember_spend(read_under, task_id, &record.tenant, record.spend);
+                Ok::<_, LedgerError>(changes)
+            })(),
+        };
         Box::pin(async move {
             if !changes? {
                 return Ok(None);

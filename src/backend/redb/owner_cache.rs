@@ -1,6 +1,8 @@
 //! Owners the embedded ledger already looked up, so that the check on every
 //! get and delete is a hash lookup instead of a read transaction (whose
 //! tracker lock every worker takes) and a JSON parse of the stored record.
+//! With the owner, the mirror's spend state as last read, so that an answer
+//! that repeats what the mirror knows (most gets) is recognised the same way.
 //!
 //! Only owners found in the store are kept, never "no such task" (a task can
 //! be created a moment later). A task's owner changes only through the
@@ -15,13 +17,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
+use crate::spend::TaskSpend;
+
 /// Most owners kept. A sidecar's working set (the tasks its tenants poll) is
 /// far smaller; past this the cache starts over rather than growing.
 const CAPACITY: usize = 16_384;
 
+#[derive(Debug)]
+struct Known {
+    owner: Box<str>,
+    spend: Option<TaskSpend>,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct OwnerCache {
-    owners: RwLock<HashMap<Box<str>, Box<str>>>,
+    owners: RwLock<HashMap<Box<str>, Known>>,
     /// Moved (under the write lock) by every invalidation.
     generation: AtomicU64,
 }
@@ -31,10 +41,22 @@ pub(super) struct OwnerCache {
 pub(super) struct Generation(u64);
 
 impl OwnerCache {
-    /// `Some(owns)` when the owner of `task_id` is known.
-    pub(super) fn is_owner(&self, task_id: &str, tenant: &str) -> Option<bool> {
+    /// The owner check from memory, with the spend when the tenant owns the task.
+    pub(super) fn check(&self, task_id: &str, tenant: &str) -> Option<crate::ledger::Ownership> {
         let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
-        owners.get(task_id).map(|owner| **owner == *tenant)
+        owners.get(task_id).map(|known| {
+            let owns = *known.owner == *tenant;
+            crate::ledger::Ownership {
+                owns,
+                spend: known.spend.clone().filter(|_| owns),
+            }
+        })
+    }
+
+    /// The task's spend as last read, when known.
+    pub(super) fn spend(&self, task_id: &str) -> Option<TaskSpend> {
+        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+        owners.get(task_id).and_then(|known| known.spend.clone())
     }
 
     /// Taken before reading the store, for [`OwnerCache::remember`].
@@ -42,9 +64,10 @@ impl OwnerCache {
         Generation(self.generation.load(Ordering::Acquire))
     }
 
-    /// Keeps the owner read from the store, unless an invalidation happened
-    /// since `read_under` was taken (the answer may predate it).
-    pub(super) fn remember(&self, read_under: Generation, task_id: &str, owner: &str) {
+    /// Keeps the owner and spend read from the store, unless an
+    /// invalidation happened since `read_under` was taken (the answer may
+    /// predate it).
+    pub(super) fn remember_spend(&self, read_under: Generation, task_id: &str, owner: &str, spend: TaskSpend) {
         let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
         if self.generation.load(Ordering::Acquire) != read_under.0 {
             return;
@@ -52,7 +75,13 @@ impl OwnerCache {
         if owners.len() >= CAPACITY {
             owners.clear();
         }
-        owners.insert(task_id.into(), owner.into());
+        owners.insert(
+            task_id.into(),
+            Known {
+                owner: owner.into(),
+                spend: Some(spend),
+            },
+        );
     }
 
     /// Forgets these tasks' owners (after a commit that may have changed them).
@@ -76,16 +105,24 @@ impl OwnerCache {
 mod tests {
     use super::*;
 
+    fn owns(cache: &OwnerCache, task_id: &str, tenant: &str) -> Option<bool> {
+        cache.check(task_id, tenant).map(|o| o.owns)
+    }
+
+    fn remember(cache: &OwnerCache, read_under: Generation, task_id: &str, owner: &str) {
+        cache.remember_spend(read_under, task_id, owner, TaskSpend::default());
+    }
+
     #[test]
     fn known_owners_answer_for_the_owner_only() {
         let cache = OwnerCache::default();
-        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
-        cache.remember(cache.generation(), "cgt-1", "alpha");
-        assert_eq!(cache.is_owner("cgt-1", "alpha"), Some(true));
-        assert_eq!(cache.is_owner("cgt-1", "beta"), Some(false));
-        assert_eq!(cache.is_owner("cgt-1", "alph"), Some(false));
+        assert_eq!(owns(&cache, "cgt-1", "alpha"), None);
+        remember(&cache, cache.generation(), "cgt-1", "alpha");
+        assert_eq!(owns(&cache, "cgt-1", "alpha"), Some(true));
+        assert_eq!(owns(&cache, "cgt-1", "beta"), Some(false));
+        assert_eq!(owns(&cache, "cgt-1", "alph"), Some(false));
         cache.forget(["cgt-1"]);
-        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
+        assert_eq!(owns(&cache, "cgt-1", "alpha"), None);
     }
 
     /// A lookup that read the store before a grant moved the task must not
@@ -97,21 +134,42 @@ mod tests {
         // The writer commits a grant of cgt-1 to beta and forgets it…
         cache.forget(["cgt-1"]);
         // …then the slower lookup, which read "alpha", tries to keep it.
-        cache.remember(before, "cgt-1", "alpha");
-        assert_eq!(cache.is_owner("cgt-1", "alpha"), None);
-        cache.remember(cache.generation(), "cgt-2", "alpha");
+        remember(&cache, before, "cgt-1", "alpha");
+        assert_eq!(owns(&cache, "cgt-1", "alpha"), None);
+        remember(&cache, cache.generation(), "cgt-2", "alpha");
         cache.forget_all();
-        assert_eq!(cache.is_owner("cgt-2", "alpha"), None);
+        assert_eq!(owns(&cache, "cgt-2", "alpha"), None);
+    }
+
+    #[test]
+    fn the_spend_is_kept_with_the_owner_and_forgotten_with_it() {
+        let cache = OwnerCache::default();
+        let spend = TaskSpend {
+            reserved_tokens: 7,
+            ..TaskSpend::default()
+        };
+        cache.remember_spend(cache.generation(), "cgt-1", "alpha", spend.clone());
+        assert_eq!(cache.spend("cgt-1"), Some(spend.clone()));
+        assert_eq!(cache.check("cgt-1", "alpha").unwrap().spend, Some(spend));
+        assert_eq!(
+            cache.check("cgt-1", "beta").unwrap().spend,
+            None,
+            "only the owner sees it"
+        );
+        let stale = cache.generation();
+        cache.forget(["cgt-1"]);
+        cache.remember_spend(stale, "cgt-1", "alpha", TaskSpend::default());
+        assert_eq!(cache.spend("cgt-1"), None, "read before the writer's commit");
     }
 
     #[test]
     fn the_cache_starts_over_instead_of_growing_past_its_capacity() {
         let cache = OwnerCache::default();
         for n in 0..=CAPACITY {
-            cache.remember(cache.generation(), &format!("cgt-{n}"), "alpha");
+            remember(&cache, cache.generation(), &format!("cgt-{n}"), "alpha");
         }
         let kept = cache.owners.read().unwrap().len();
         assert!(kept <= CAPACITY, "{kept} entries");
-        assert_eq!(cache.is_owner(&format!("cgt-{CAPACITY}"), "alpha"), Some(true));
+        assert_eq!(owns(&cache, &format!("cgt-{CAPACITY}"), "alpha"), Some(true));
     }
 }
