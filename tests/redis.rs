@@ -574,3 +574,72 @@ async fn a_background_caller_leaves_a_fifth_of_the_shared_quota_to_tenants() {
     assert!(limiter.check("upstream", &limit).await.unwrap().is_ok());
     assert!(limiter.check("upstream", &limit).await.unwrap().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_reconciles_within_the_accounts_request_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let mut options = MockOptions::new(UPSTREAM_KEY);
+    options.queued_for = Duration::from_secs(3600);
+    let mock = MockUpstream::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+    let extra = "\n[reconcile]\ninterval = \"50ms\"\nmax_requests_per_minute = 2\n";
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica_with(&mock.base_url(), &redis.url(), extra, &governed_tenants()).await);
+    }
+    let created = call(replicas[0].addr, "POST", TASKS, ALPHA, CREATE_BODY).await;
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    // A second task stays queued: every pass has something to ask about.
+    assert_eq!(
+        call(replicas[0].addr, "POST", TASKS, ALPHA, CREATE_BODY).await.status,
+        200
+    );
+    let control = serde_json::json!({"status": "succeeded", "total_tokens": 7_000}).to_string();
+    request(
+        mock.addr(),
+        "POST",
+        &format!("/_mock/tasks/{id}"),
+        &[],
+        control.as_bytes(),
+    )
+    .await;
+    // Nobody polls: the lease holder settles it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = call(replicas[2].addr, "GET", "/gateway/v1/usage", ALPHA, "")
+            .await
+            .json();
+        if report["rows"][0]["succeeded"] == 1 {
+            assert_eq!(report["rows"][0]["tokens"], 7_000);
+            assert_eq!(report["tenants"][0]["active_tasks"], 1, "the queued one holds its slot");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Wait until the two other replicas have each passed a turn standing by.
+    let mut standing_by = 0;
+    while standing_by < 2 {
+        standing_by = 0;
+        for r in &replicas {
+            let metrics = request(r.admin, "GET", "/metrics", &[], b"").await.text();
+            standing_by += usize::from(metrics.contains("ark_gateway_reconcile_runs_total{result=\"standby\"}"));
+        }
+        assert!(Instant::now() < deadline, "the other replicas never stood by");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lists = mock
+        .received()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path_and_query.contains("filter.task_ids"))
+        .count();
+    assert!(
+        (1..=2).contains(&lists),
+        "{lists} reconciler calls: the budget is the account's, not each replica's"
+    );
+    for r in &mut replicas {
+        if let Some(g) = r.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}
