@@ -643,3 +643,48 @@ async fn one_replica_reconciles_within_the_accounts_request_budget() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
+    use ark_gateway::ledger::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
+    let redis = ark_gateway::backend::redis::Redis::connect(&url, "v:", Arc::new(Metrics::new())).unwrap();
+    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    let at = ark_gateway::ledger::now_ms();
+    let mut intent = ark_gateway::ledger::CreateIntent {
+        intent_id: "i1".into(),
+        tenant: "alpha".into(),
+        idempotency_key: None,
+        at_ms: at,
+        admission: Some(admission_at(at)),
+    };
+    intent.admission.as_mut().unwrap().tenant_max_active = Some(1);
+    assert_eq!(
+        ledger.begin_create(intent.clone()).await.unwrap(),
+        ark_gateway::ledger::BeginOutcome::Begun
+    );
+    let record = ark_gateway::ledger::TaskRecord {
+        task_id: "cgt-revoked".into(),
+        tenant: "alpha".into(),
+        model: Some("model-a".into()),
+        created_ms: at,
+        client_request_id: None,
+        state: ark_gateway::ledger::TaskState::Active,
+        source: ark_gateway::ledger::TaskSource::Created,
+        spend: ark_gateway::spend::TaskSpend {
+            status: Some(ark_gateway::spend::ArkStatus::Queued),
+            reserved_tokens: 100,
+            holds_slot: true,
+            ..Default::default()
+        },
+    };
+    ledger.complete_create(intent, record).await.unwrap();
+    assert_eq!(ledger.open_tasks(10).await.unwrap(), vec!["cgt-revoked".to_string()]);
+    assert_eq!(ledger.tenant_counts("alpha", at).await.unwrap().active, 1);
+    assert_eq!(ledger.revoke(&["cgt-revoked".to_string()]).await.unwrap(), 1);
+    let counts = ledger.tenant_counts("alpha", at).await.unwrap();
+    assert_eq!((counts.active, counts.day.reserved_tokens), (0, 0));
+    assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+}

@@ -567,6 +567,11 @@ impl Ledger for RedisLedger {
             let mut removed = 0;
             for id in task_ids {
                 if let Some(record) = self.get_record(id).await? {
+                    // Leaving the ledger before it was seen to end: settled as
+                    // expired, so its slot and reservation do not outlive it.
+                    if record.source == TaskSource::Created && !record.spend.settled {
+                        self.observe(id, Observation::Gone).await?;
+                    }
                     let mut pipe = redis::pipe();
                     pipe.atomic()
                         .cmd("ZREM")
@@ -621,7 +626,14 @@ impl Ledger for RedisLedger {
                     .redis
                     .observe(conn.get(self.task_key(task_id)).await)
                     .map_err(unavailable)?;
-                let Some(json) = json else { return Ok(None) };
+                let Some(json) = json else {
+                    // Revoked, or past its retention: nothing left to ask Ark about.
+                    let mut conn = self.redis.conn();
+                    self.redis
+                        .observe(conn.srem::<_, _, ()>(self.redis.key("open"), task_id).await)
+                        .map_err(unavailable)?;
+                    return Ok(None);
+                };
                 let Ok(mut record) = serde_json::from_str::<TaskRecord>(&json) else {
                     return Ok(None);
                 };
