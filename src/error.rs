@@ -26,6 +26,8 @@ pub enum GatewayError {
     RepeatedCredential,
     #[error("The API key is not valid for this gateway.")]
     UnknownCredential,
+    #[error("The API key has expired; ask the gateway's operators for its replacement.")]
+    ExpiredCredential,
     #[error("The client certificate and the API key identify different tenants.")]
     ConflictingCredentials,
     #[error("This tenant may not perform the {0} operation.")]
@@ -173,6 +175,7 @@ impl GatewayError {
             MalformedCredential => row(AUTH, "AuthenticationError", "credential_malformed", "", None),
             RepeatedCredential => row(AUTH, "AuthenticationError", "credential_repeated", "", None),
             UnknownCredential => row(AUTH, "AuthenticationError", "credential_unknown", "", None),
+            ExpiredCredential => row(AUTH, "AuthenticationError", "credential_expired", "", None),
             ConflictingCredentials => row(AUTH, "AuthenticationError", "credential_conflict", "", None),
             OperationNotAllowed(_) => row(DENY, "AccessDenied", "operation_not_allowed", "", None),
             ModelNotAllowed => row(DENY, "AccessDenied", "model_not_allowed", "model", None),

@@ -1,7 +1,7 @@
 //! Tenants as the running gateway sees them: the validated config plus the
 //! state that must be built once and shared (the rate limiter).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -16,7 +16,6 @@ use crate::rate_limit::TenantLimiter;
 #[derive(Debug)]
 pub struct TenantPolicy {
     pub name: TenantName,
-    token_sha256: Option<[u8; 32]>,
     client_cert_san: Option<ServerName<'static>>,
     pub operations: OperationSet,
     pub models: Option<BTreeSet<String>>,
@@ -45,7 +44,6 @@ impl Tenant {
     fn from_config(config: &TenantConfig, limiter: Arc<TenantLimiter>) -> Self {
         Self(Arc::new(TenantPolicy {
             name: config.name.clone(),
-            token_sha256: config.token_sha256,
             client_cert_san: config
                 .client_cert_san
                 .as_deref()
@@ -73,6 +71,32 @@ impl TenantDirectory {
 #[derive(Debug, Default)]
 pub struct TenantDirectory {
     tenants: Vec<Tenant>,
+    /// Token digest → its tenant (an index into `tenants`), name and expiry:
+    /// a lookup costs the same with 10 tenants or 10,000.
+    by_digest: HashMap<[u8; 32], TokenEntry>,
+}
+
+#[derive(Debug)]
+struct TokenEntry {
+    digest: [u8; 32],
+    tenant: usize,
+    name: Option<Arc<str>>,
+    expires_ms: Option<u64>,
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub tenant: Tenant,
+    /// The token's `name` (`None` for `token_sha256`), for the audit record.
+    pub token_name: Option<Arc<str>>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired,
 }
 
 /// SHA-256 of a token, as stored in `token_sha256`.
@@ -84,36 +108,51 @@ impl TenantDirectory {
     /// Builds the directory for a new configuration. A tenant that keeps its
     /// name and its rate limit keeps its limiter, so a reload neither refills
     /// nor empties anyone's bucket.
-    pub fn from_config_reusing(tenants: &[TenantConfig], previous: &TenantDirectory) -> Self {
-        Self {
-            tenants: tenants
-                .iter()
-                .map(|config| {
-                    let limiter = previous
-                        .tenants
-                        .iter()
-                        .find(|old| old.name == config.name && old.rate_limit == config.rate_limit)
-                        .map(|old| old.limiter.clone())
-                        .unwrap_or_else(|| Arc::new(TenantLimiter::new(&config.rate_limit)));
-                    Tenant::from_config(config, limiter)
-                })
-                .collect(),
-        }
-    }
-
-    /// Finds the tenant whose token hashes to the stored digest. Every tenant
-    /// is compared, in constant time, so timing says nothing about near misses.
-    pub fn authenticate(&self, token: &[u8]) -> Option<Tenant> {
-        let digest = token_sha256(token);
-        let mut found = None;
-        for tenant in &self.tenants {
-            if let Some(stored) = &tenant.token_sha256 {
-                if bool::from(digest.ct_eq(stored)) {
-                    found = Some(tenant.clone());
-                }
+    pub fn from_config_reusing(configs: &[TenantConfig], previous: &TenantDirectory) -> Self {
+        let previous: HashMap<&TenantName, &Tenant> = previous.tenants.iter().map(|t| (&t.name, t)).collect();
+        let mut tenants = Vec::with_capacity(configs.len());
+        let mut by_digest = HashMap::new();
+        for (index, config) in configs.iter().enumerate() {
+            let limiter = previous
+                .get(&config.name)
+                .filter(|old| old.rate_limit == config.rate_limit)
+                .map(|old| old.limiter.clone())
+                .unwrap_or_else(|| Arc::new(TenantLimiter::new(&config.rate_limit)));
+            tenants.push(Tenant::from_config(config, limiter));
+            for token in &config.tokens {
+                by_digest.insert(
+                    token.sha256,
+                    TokenEntry {
+                        digest: token.sha256,
+                        tenant: index,
+                        name: token.name.as_deref().map(Arc::from),
+                        expires_ms: token.expires_ms,
+                    },
+                );
             }
         }
-        found
+        Self { tenants, by_digest }
+    }
+
+    /// Finds the tenant of a token by its digest; the one candidate's digest
+    /// is compared in constant time.
+    pub fn authenticate(&self, token: &[u8]) -> Result<Authenticated, TokenRefusal> {
+        self.authenticate_at(token, crate::ledger::now_ms())
+    }
+
+    pub fn authenticate_at(&self, token: &[u8], now_ms: u64) -> Result<Authenticated, TokenRefusal> {
+        let digest = token_sha256(token);
+        let entry = self.by_digest.get(&digest).ok_or(TokenRefusal::Unknown)?;
+        if !bool::from(digest.ct_eq(&entry.digest)) {
+            return Err(TokenRefusal::Unknown);
+        }
+        if entry.expires_ms.is_some_and(|expires| now_ms >= expires) {
+            return Err(TokenRefusal::Expired);
+        }
+        Ok(Authenticated {
+            tenant: self.tenants[entry.tenant].clone(),
+            token_name: entry.name.clone(),
+        })
     }
 
     /// The tenant whose `client_cert_san` the (already verified) client

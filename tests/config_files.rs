@@ -132,3 +132,65 @@ fn spend_settings_are_checked_with_their_keys() {
     assert!(config.reconcile.enabled, "a quota switches the reconciler on");
     assert!(!with_spend("", "").unwrap().reconcile.enabled, "off without governance");
 }
+
+fn tenants_config(tenants: &str) -> Result<Config, ark_gateway::config::ConfigError> {
+    let text = format!("[upstream]\nbase_url = \"https://ark.example/api/v3\"\napi_key_env = \"K\"\n{tenants}");
+    Config::from_toml_str(&text, &|_| Some("sk-x".to_string()))
+}
+
+fn tenant_with(name: &str, tokens: &str) -> String {
+    format!("[[tenant]]\nname = \"{name}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n{tokens}\n")
+}
+
+#[test]
+fn several_tokens_per_tenant_with_names_and_expiry() {
+    let (a, b, c) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
+    let config = tenants_config(&tenant_with(
+        "t",
+        &format!("token_sha256 = \"{a}\"\ntokens = [{{ sha256 = \"{b}\", name = \"ci\", expires = \"2027-06-30T08:00:00+08:00\" }}, {{ sha256 = \"{c}\", name = \"old\", expires = \"2020-01-01T00:00:00Z\" }}]"),
+    ))
+    .unwrap();
+    let tokens = &config.tenants[0].tokens;
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(
+        (tokens[0].name.as_deref(), tokens[1].name.as_deref()),
+        (None, Some("ci"))
+    );
+    assert_eq!(tokens[1].expires_ms, Some(1_814_313_600_000), "2027-06-30T00:00:00Z");
+    // Already expired: accepted, with a warning naming the key.
+    assert_eq!(config.warnings.len(), 1);
+    assert_eq!(config.warnings[0].key, "tenant[0].tokens[1].expires");
+}
+
+#[test]
+fn a_digest_that_appears_twice_anywhere_is_refused() {
+    let a = "aa".repeat(32);
+    let across = tenants_config(&format!(
+        "{}{}",
+        tenant_with("one", &format!("token_sha256 = \"{a}\"")),
+        tenant_with("two", &format!("tokens = [{{ sha256 = \"{a}\", name = \"x\" }}]"))
+    ))
+    .unwrap_err();
+    assert!(across.mentions("tenant[1].tokens[0].sha256"), "{across}");
+    assert!(across.to_string().contains("tenant[0]"), "{across}");
+    let within = tenants_config(&tenant_with(
+        "one",
+        &format!("token_sha256 = \"{a}\"\ntokens = [{{ sha256 = \"{a}\", name = \"x\" }}]"),
+    ))
+    .unwrap_err();
+    assert!(within.mentions("tenant[0].tokens[0].sha256"), "{within}");
+    let b = "bb".repeat(32);
+    let names = tenants_config(&tenant_with(
+        "one",
+        &format!("tokens = [{{ sha256 = \"{a}\", name = \"x\" }}, {{ sha256 = \"{b}\", name = \"x\" }}, {{ name = \"y\" }}, {{ sha256 = \"{}\" }}, {{ sha256 = \"{}\", name = \"z\", expires = \"soon\" }}]", "cc".repeat(32), "dd".repeat(32)),
+    ))
+    .unwrap_err();
+    for key in [
+        "tenant[0].tokens[1].name",
+        "tenant[0].tokens[2].sha256",
+        "tenant[0].tokens[3].name",
+        "tenant[0].tokens[4].expires",
+    ] {
+        assert!(names.mentions(key), "{key} in:\n{names}");
+    }
+}

@@ -7,6 +7,8 @@ use crate::route::{Operation, TaskId};
 #[derive(Debug, Default, Clone)]
 pub struct AuditFacts {
     pub tenant: Option<TenantName>,
+    /// The name of the token that authenticated the request (never the token).
+    pub token_name: Option<std::sync::Arc<str>>,
     pub operation: Option<Operation>,
     pub task_id: Option<TaskId>,
     pub upstream_status: Option<u16>,

@@ -20,6 +20,10 @@ pub struct AuditRecord<S = String> {
     pub ts: S,
     pub request_id: S,
     pub tenant: Option<S>,
+    /// The token's name in the config (`null` for `token_sha256`, mTLS and
+    /// unauthenticated requests).
+    #[serde(default)]
+    pub token_name: Option<S>,
     pub method: S,
     pub operation: Option<S>,
     pub task_id: Option<S>,
@@ -47,6 +51,8 @@ impl<S: AsRef<str>> AuditRecord<S> {
         string(out, &self.request_id);
         out.extend_from_slice(b",\"tenant\":");
         optional(out, self.tenant.as_ref());
+        out.extend_from_slice(b",\"token_name\":");
+        optional(out, self.token_name.as_ref());
         out.extend_from_slice(b",\"method\":");
         string(out, &self.method);
         out.extend_from_slice(b",\"operation\":");
@@ -116,6 +122,7 @@ mod tests {
             ts: "2026-11-29T18:00:00.000Z",
             request_id: text,
             tenant: some.then_some(text),
+            token_name: some.then_some(text),
             method: "GET",
             operation: some.then_some("get"),
             task_id: some.then_some("cgt-1"),
@@ -172,6 +179,7 @@ mod tests {
             ts: "2026-11-29T18:00:00.000Z",
             request_id: "0123456789abcdef0000000000000001",
             tenant: Some("team-a"),
+            token_name: Some("ci"),
             method: "GET",
             operation: Some("get"),
             task_id: Some("cgt-20250331175019-68d9t"),

@@ -90,6 +90,7 @@ where
                 ts: timestamp::rfc3339_millis(SystemTime::now(), &mut ts),
                 request_id: request_id.as_ref().map_or("", RequestId::as_str),
                 tenant: facts.tenant.as_ref().map(|t| t.as_str()),
+                token_name: facts.token_name.as_deref(),
                 method: method.as_str(),
                 operation: facts.operation.map(|op| op.as_str()),
                 task_id: facts.task_id.as_ref().map(|id| id.as_str()),

@@ -11,7 +11,7 @@ use crate::audit::AuditNote;
 use crate::error::{GatewayError, GatewayResponse};
 use crate::reload::{SharedSnapshot, Snapshot};
 use crate::server::PeerCertificate;
-use crate::tenant::Tenant;
+use crate::tenant::{Authenticated, TokenRefusal};
 
 #[derive(Clone)]
 pub(crate) struct AuthService<S> {
@@ -21,20 +21,28 @@ pub(crate) struct AuthService<S> {
 
 /// A tenant is identified by its mTLS client certificate, by its token, or by
 /// both when they agree.
-fn identify<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Tenant, GatewayError> {
+fn identify<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Authenticated, GatewayError> {
     let by_cert = req
         .extensions()
         .get::<PeerCertificate>()
         .and_then(|cert| snapshot.tenants.by_client_certificate(&cert.0));
     if !req.headers().contains_key(AUTHORIZATION) {
-        return by_cert.ok_or(GatewayError::MissingCredential);
+        return by_cert
+            .map(|tenant| Authenticated {
+                tenant,
+                token_name: None,
+            })
+            .ok_or(GatewayError::MissingCredential);
     }
     let by_token = snapshot
         .tenants
         .authenticate(bearer_token(req.headers())?)
-        .ok_or(GatewayError::UnknownCredential)?;
+        .map_err(|refusal| match refusal {
+            TokenRefusal::Unknown => GatewayError::UnknownCredential,
+            TokenRefusal::Expired => GatewayError::ExpiredCredential,
+        })?;
     match by_cert {
-        Some(cert_tenant) if cert_tenant.name != by_token.name => Err(GatewayError::ConflictingCredentials),
+        Some(cert_tenant) if cert_tenant.name != by_token.tenant.name => Err(GatewayError::ConflictingCredentials),
         _ => Ok(by_token),
     }
 }
@@ -55,12 +63,15 @@ where
         // One snapshot per request: the request finishes under the
         // configuration it started with, whatever reloads happen meanwhile.
         let snapshot = self.shared.load_full();
-        let tenant = match identify(&req, &snapshot) {
-            Ok(tenant) => tenant,
+        let Authenticated { tenant, token_name } = match identify(&req, &snapshot) {
+            Ok(found) => found,
             Err(e) => return Either::Left(ready(Err(e))),
         };
         if let Some(note) = req.extensions().get::<AuditNote>() {
-            note.record(|facts| facts.tenant = Some(tenant.name.clone()));
+            note.record(|facts| {
+                facts.tenant = Some(tenant.name.clone());
+                facts.token_name = token_name;
+            });
         }
         // The tenant's token ends here: nothing downstream ever sees it.
         req.headers_mut().remove(AUTHORIZATION);

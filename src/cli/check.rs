@@ -7,7 +7,10 @@ use ark_gateway::config::Config;
 
 pub fn run(config: &Path) -> ExitCode {
     match Config::load(config) {
-        Ok(_) => {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("  warning: {warning}");
+            }
             println!("{}: ok", config.display());
             ExitCode::SUCCESS
         }

@@ -51,6 +51,18 @@ pub struct Config {
     pub pricing: PricingConfig,
     pub reconcile: ReconcileConfig,
     pub tenants: Vec<TenantConfig>,
+    /// Accepted, but worth a look (`check` prints them): a token already expired.
+    pub warnings: Vec<ConfigProblem>,
+}
+
+/// One of a tenant's tokens, by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    pub sha256: [u8; 32],
+    /// `None` for `token_sha256`; the audit record's `token_name`.
+    pub name: Option<String>,
+    /// Unix ms after which the token is refused.
+    pub expires_ms: Option<u64>,
 }
 
 /// Where per-tenant and global rate-limit state lives.
@@ -272,8 +284,9 @@ pub enum RatePeriod {
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub name: TenantName,
-    /// `None` for a tenant identified only by its client certificate.
-    pub token_sha256: Option<[u8; 32]>,
+    /// `token_sha256` (unnamed) and `tokens`: empty for a tenant identified
+    /// only by its client certificate.
+    pub tokens: Vec<TokenConfig>,
     /// A DNS (or IP) subject alternative name of the tenant's client certificate.
     pub client_cert_san: Option<String>,
     pub operations: OperationSet,

@@ -107,6 +107,7 @@ pub struct RawAudit {
 pub struct RawTenant {
     pub name: Option<String>,
     pub token_sha256: Option<String>,
+    pub tokens: Option<Vec<RawToken>>,
     pub client_cert_san: Option<String>,
     pub operations: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
@@ -116,6 +117,14 @@ pub struct RawTenant {
     pub max_active_tasks: Option<i64>,
     pub budget: Option<RawBudget>,
     pub callback_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub sha256: Option<String>,
+    pub name: Option<String>,
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

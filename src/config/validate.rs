@@ -345,7 +345,8 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     };
 
     let pricing = validate_pricing(&mut p, raw.pricing);
-    let tenants = validate_tenants(&mut p, raw.tenants);
+    let mut warnings = Vec::new();
+    let tenants = validate_tenants(&mut p, raw.tenants, &mut warnings);
     for (i, t) in tenants.iter().enumerate() {
         if !t.budget.has_cost() {
             continue;
@@ -408,6 +409,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             pricing,
             reconcile,
             tenants,
+            warnings,
         })
     } else {
         Err(ConfigError { problems: p.0 })
@@ -581,7 +583,40 @@ fn load_ca_file(p: &mut Problems, path: &str) -> Vec<CertificateDer<'static>> {
     }
 }
 
-fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
+fn duplicate_digest(first: usize, this: usize) -> String {
+    if first == this {
+        "is the same digest as another token of this tenant: tokens must differ".to_string()
+    } else {
+        format!("is the same digest as a token of tenant[{first}]: tokens must differ")
+    }
+}
+
+/// An RFC 3339 time with `Z` or a `±HH:MM` offset, as Unix ms.
+fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let (base, offset_s): (String, i64) = match text.strip_suffix('Z').or_else(|| text.strip_suffix('z')) {
+        Some(base) => (base.to_string(), 0),
+        None => {
+            let split = text.len().checked_sub(6)?;
+            let (base, offset) = (text.get(..split)?, text.get(split..)?);
+            let sign = match offset.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = offset[1..].split_once(':')?;
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if h > 23 || m > 59 || offset[1..].len() != 5 {
+                return None;
+            }
+            (base.to_string(), sign * (h * 3600 + m * 60))
+        }
+    };
+    let t = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    u64::try_from(ms - offset_s * 1000).ok()
+}
+
+fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>, warnings: &mut Vec<ConfigProblem>) -> Vec<TenantConfig> {
     if raw.is_empty() {
         p.push("tenant", "at least one [[tenant]] is required");
     }
@@ -628,33 +663,97 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
             }
             None => None,
         };
-        let token_sha256 = match t.token_sha256.as_deref() {
-            None if client_cert_san.is_some() => Some(None),
-            None => {
-                p.push(
+        let mut tokens = Vec::new();
+        if let Some(hex_text) = t.token_sha256.as_deref() {
+            match parse_sha256_hex(hex_text) {
+                None => p.push(
                     key("token_sha256"),
-                    "is required (see `ark-gateway hash-token`), unless client_cert_san identifies the tenant",
-                );
-                None
+                    "must be 64 hexadecimal characters (a SHA-256 digest)",
+                ),
+                Some(hash) => {
+                    if let Some(first) = hashes.insert(hash, i) {
+                        p.push(key("token_sha256"), duplicate_digest(first, i));
+                    }
+                    tokens.push(TokenConfig {
+                        sha256: hash,
+                        name: None,
+                        expires_ms: None,
+                    });
+                }
             }
-            Some(hex_text) => match parse_sha256_hex(hex_text) {
+        }
+        let mut token_names = HashSet::new();
+        let has_tokens_key = t.tokens.is_some();
+        for (j, token) in t.tokens.into_iter().flatten().enumerate() {
+            let tkey = |field: &str| format!("tenant[{i}].tokens[{j}].{field}");
+            let sha256 = match token.sha256.as_deref().map(parse_sha256_hex) {
+                None => {
+                    p.push(tkey("sha256"), "is required (see `ark-gateway hash-token`)");
+                    None
+                }
+                Some(None) => {
+                    p.push(tkey("sha256"), "must be 64 hexadecimal characters (a SHA-256 digest)");
+                    None
+                }
+                Some(Some(hash)) => {
+                    if let Some(first) = hashes.insert(hash, i) {
+                        p.push(tkey("sha256"), duplicate_digest(first, i));
+                    }
+                    Some(hash)
+                }
+            };
+            let name = match token.name {
+                None => {
+                    p.push(tkey("name"), "is required: it names the token in the audit trail");
+                    None
+                }
+                Some(name) if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) => {
+                    p.push(tkey("name"), "must be 1-64 visible ASCII characters");
+                    None
+                }
+                Some(name) => {
+                    if !token_names.insert(name.clone()) {
+                        p.push(tkey("name"), format!("{name:?} names another token of this tenant"));
+                    }
+                    Some(name)
+                }
+            };
+            let expires_ms = token.expires.as_deref().and_then(|text| match parse_rfc3339_ms(text) {
+                Some(ms) => Some(ms),
                 None => {
                     p.push(
-                        key("token_sha256"),
-                        "must be 64 hexadecimal characters (a SHA-256 digest)",
+                        tkey("expires"),
+                        format!(
+                            "{text:?} is not an RFC 3339 time with `Z` or an offset, like \"2027-06-30T00:00:00Z\""
+                        ),
                     );
                     None
                 }
-                Some(hash) => {
-                    if let Some(first) = hashes.insert(hash, i) {
-                        p.push(
-                            key("token_sha256"),
-                            format!("is the same as tenant[{first}]'s: tokens must differ"),
-                        );
-                    }
-                    Some(Some(hash))
-                }
-            },
+            });
+            if expires_ms.is_some_and(|ms| ms <= crate::ledger::now_ms()) {
+                warnings.push(ConfigProblem {
+                    key: tkey("expires"),
+                    message: "has passed: the token is refused (401) until it is removed or extended".into(),
+                });
+            }
+            if let (Some(sha256), Some(name)) = (sha256, name) {
+                tokens.push(TokenConfig {
+                    sha256,
+                    name: Some(name),
+                    expires_ms,
+                });
+            }
+        }
+        let token_sha256 = if tokens.is_empty() && client_cert_san.is_none() {
+            if t.token_sha256.is_none() && !has_tokens_key {
+                p.push(
+                    key("token_sha256"),
+                    "is required (see `ark-gateway hash-token`), unless `tokens` or client_cert_san identifies the tenant",
+                );
+            }
+            None
+        } else {
+            Some(tokens)
         };
         let operations = match t.operations {
             None => {
@@ -724,10 +823,10 @@ fn validate_tenants(p: &mut Problems, raw: Vec<RawTenant>) -> Vec<TenantConfig> 
             )
         });
         let rate_limit = validate_rate_limit(p, &key("rate_limit"), t.rate_limit);
-        if let (Some(name), Some(token_sha256), Some(rate_limit)) = (name, token_sha256, rate_limit) {
+        if let (Some(name), Some(tokens), Some(rate_limit)) = (name, token_sha256, rate_limit) {
             tenants.push(TenantConfig {
                 name,
-                token_sha256,
+                tokens,
                 client_cert_san,
                 operations,
                 models,
@@ -889,6 +988,28 @@ fn validate_rate_limit(p: &mut Problems, key: &str, raw: Option<RawRateLimit>) -
         Some(b) => positive(p, "burst", b)?,
     };
     Some(RateLimitConfig { per, rate, burst })
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::parse_rfc3339_ms;
+
+    #[test]
+    fn times_with_z_or_an_offset_are_read() {
+        let z = parse_rfc3339_ms("2027-06-30T00:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339_ms("2027-06-30T08:00:00+08:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2027-06-29T19:30:00-04:30"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2027-06-30T00:00:00.500Z"), Some(z + 500));
+        for bad in [
+            "2027-06-30",
+            "2027-06-30T00:00:00",
+            "2027-06-30T00:00:00+8:00",
+            "tomorrow",
+            "2027-06-30T00:00:00+24:00",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

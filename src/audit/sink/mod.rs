@@ -378,6 +378,7 @@ mod tests {
             ts: "2026-11-29T18:00:00.000Z".into(),
             request_id: format!("request-{n}"),
             tenant: Some("alpha".into()),
+            token_name: None,
             method: "GET".into(),
             operation: Some("get".into()),
             task_id: None,
