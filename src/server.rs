@@ -52,9 +52,50 @@ impl RemoteAddr {
 }
 
 /// The client certificate of an mTLS connection (already verified against
-/// `server.tls.client_ca` by rustls), as a request extension.
+/// `server.tls.client_ca` by rustls), as a request extension. Its names are
+/// read once per connection, and the tenant they identify is resolved once
+/// per connection and configuration generation, not per request.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<CertificateDer<'static>>);
+pub struct PeerCertificate(Arc<PeerIdentity>);
+
+#[derive(Debug)]
+struct PeerIdentity {
+    der: CertificateDer<'static>,
+    /// The certificate's DNS names, lowercase.
+    dns_names: Vec<String>,
+    /// (snapshot generation, the tenant found under it).
+    resolved: std::sync::Mutex<Option<(u64, Option<crate::tenant::Tenant>)>>,
+}
+
+impl PeerCertificate {
+    pub fn new(der: CertificateDer<'static>) -> Self {
+        let dns_names = webpki::EndEntityCert::try_from(&der)
+            .map(|cert| cert.valid_dns_names().map(str::to_ascii_lowercase).collect())
+            .unwrap_or_default();
+        Self(Arc::new(PeerIdentity {
+            der,
+            dns_names,
+            resolved: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The tenant this certificate identifies under `snapshot`.
+    pub(crate) fn tenant(&self, snapshot: &crate::reload::Snapshot) -> Option<crate::tenant::Tenant> {
+        let mut resolved = self
+            .0
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*resolved {
+            Some((generation, tenant)) if *generation == snapshot.generation => tenant.clone(),
+            _ => {
+                let tenant = snapshot.tenants.by_client_certificate(&self.0.der, &self.0.dns_names);
+                *resolved = Some((snapshot.generation, tenant.clone()));
+                tenant
+            }
+        }
+    }
+}
 
 /// What a listener serves: a service over the tenant's request body that
 /// never fails (rejections are responses by then) and can be cloned per
@@ -377,7 +418,7 @@ async fn serve_dealt<S>(
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                        .map(|c| PeerCertificate::new(c.clone().into_owned()));
                     serve_connection(builder, watcher, stream, peer, cert, service, in_flight).await
                 }),
             };

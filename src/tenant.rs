@@ -74,6 +74,10 @@ pub struct TenantDirectory {
     /// Token digest → its tenant (an index into `tenants`), name and expiry:
     /// a lookup costs the same with 10 tenants or 10,000.
     by_digest: HashMap<[u8; 32], TokenEntry>,
+    /// Lowercase DNS `client_cert_san` → tenant index.
+    by_dns_san: HashMap<String, usize>,
+    /// Tenants identified by an IP-address SAN (few; checked against the certificate).
+    ip_san_tenants: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -112,6 +116,7 @@ impl TenantDirectory {
         let previous: HashMap<&TenantName, &Tenant> = previous.tenants.iter().map(|t| (&t.name, t)).collect();
         let mut tenants = Vec::with_capacity(configs.len());
         let mut by_digest = HashMap::new();
+        let (mut by_dns_san, mut ip_san_tenants) = (HashMap::new(), Vec::new());
         for (index, config) in configs.iter().enumerate() {
             let limiter = previous
                 .get(&config.name)
@@ -119,6 +124,13 @@ impl TenantDirectory {
                 .map(|old| old.limiter.clone())
                 .unwrap_or_else(|| Arc::new(TenantLimiter::new(&config.rate_limit)));
             tenants.push(Tenant::from_config(config, limiter));
+            match config.client_cert_san.as_deref().map(ServerName::try_from) {
+                Some(Ok(ServerName::DnsName(name))) => {
+                    by_dns_san.insert(name.as_ref().to_ascii_lowercase(), index);
+                }
+                Some(Ok(_)) => ip_san_tenants.push(index),
+                _ => {}
+            }
             for token in &config.tokens {
                 by_digest.insert(
                     token.sha256,
@@ -131,7 +143,12 @@ impl TenantDirectory {
                 );
             }
         }
-        Self { tenants, by_digest }
+        Self {
+            tenants,
+            by_digest,
+            by_dns_san,
+            ip_san_tenants,
+        }
     }
 
     /// Finds the tenant of a token by its digest; the one candidate's digest
@@ -156,11 +173,19 @@ impl TenantDirectory {
     }
 
     /// The tenant whose `client_cert_san` the (already verified) client
-    /// certificate is valid for.
-    pub fn by_client_certificate(&self, cert: &CertificateDer<'_>) -> Option<Tenant> {
+    /// certificate carries: a DNS name through the index (exact names,
+    /// without case), an IP address by asking the certificate.
+    pub fn by_client_certificate(&self, cert: &CertificateDer<'_>, dns_names: &[String]) -> Option<Tenant> {
+        if let Some(&index) = dns_names.iter().find_map(|name| self.by_dns_san.get(name.as_str())) {
+            return Some(self.tenants[index].clone());
+        }
+        if self.ip_san_tenants.is_empty() {
+            return None;
+        }
         let cert = webpki::EndEntityCert::try_from(cert).ok()?;
-        self.tenants
+        self.ip_san_tenants
             .iter()
+            .map(|&index| &self.tenants[index])
             .find(|t| {
                 t.client_cert_san
                     .as_ref()

@@ -420,3 +420,40 @@ async fn tls_and_mutual_tls_identify_tenants() {
         .iter()
         .any(|r| r.tenant.as_deref() == Some("certified") && r.status == 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_finds_its_tenant_among_thousands_by_san() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key, ca) = (
+        file("server.pem", &pki.server_cert),
+        file("server.key", &pki.server_key),
+        file("ca.pem", &pki.ca_pem),
+    );
+    let mut tenants = format!("\n[server.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n");
+    for n in 0..2_000 {
+        tenants.push_str(&format!(
+            "\n[[tenant]]\nname = \"svc-{n}\"\nclient_cert_san = \"svc-{n}.tenants.internal\"\noperations = [\"list\"]\nrate_limit = {{ per_second = 100 }}\n"
+        ));
+    }
+    // The certificate's name, written with other case: names compare without case.
+    tenants.push_str("\n[[tenant]]\nname = \"last\"\nclient_cert_san = \"SVC-A.Tenants.Internal\"\noperations = [\"list\"]\nrate_limit = { per_second = 100 }\n");
+    let mut env = TestEnv::start_with(Options {
+        tenants,
+        ..Options::default()
+    })
+    .await;
+    let by_cert = tls_request(env.addr, &pki, Some(&pki.client_a), None).await.unwrap();
+    assert_eq!(by_cert.status, 200, "{}", by_cert.text());
+    let unknown = tls_request(env.addr, &pki, Some(&pki.client_other), None)
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 401, "a certificate no tenant names");
+    let audit = env.finish().await;
+    assert_eq!(audit[0].tenant.as_deref(), Some("last"));
+}

@@ -25,7 +25,7 @@ fn identify<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Authenticated, G
     let by_cert = req
         .extensions()
         .get::<PeerCertificate>()
-        .and_then(|cert| snapshot.tenants.by_client_certificate(&cert.0));
+        .and_then(|cert| cert.tenant(snapshot));
     if !req.headers().contains_key(AUTHORIZATION) {
         return by_cert
             .map(|tenant| Authenticated {
