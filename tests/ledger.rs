@@ -459,4 +459,46 @@ async fn records_from_before_the_mirror_are_reconciled_like_any_other() {
     drop(ledger);
     let ledger = RedbLedger::open(&path).unwrap();
     assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+    // They joined the creation-time index too: the sweep finds them.
+    let swept = ledger
+        .sweep(SweepBefore {
+            tasks_ms: 2_000,
+            keys_ms: 0,
+            usage_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(swept.tasks, 2);
+    assert_eq!(ledger.task_count().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_retention_sweep_works_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+    let old: Vec<String> = (0..2_500).map(|n| format!("cgt-old-{n}")).collect();
+    let young: Vec<String> = (0..10).map(|n| format!("cgt-young-{n}")).collect();
+    ledger.grant("alpha", &old, 1_000).await.unwrap();
+    ledger.grant("alpha", &young, 9_000).await.unwrap();
+    let report = ledger
+        .sweep(SweepBefore {
+            tasks_ms: 5_000,
+            keys_ms: 0,
+            usage_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.tasks, 2_500);
+    let batch = ark_gateway::backend::redb::SWEEP_BATCH;
+    assert_eq!(
+        report.batches,
+        2_500usize.div_ceil(batch) + usize::from(2_500 % batch == 0)
+    );
+    assert!(
+        report.batches > 1,
+        "one transaction would hold the writer for the whole sweep"
+    );
+    assert_eq!(ledger.task_count().unwrap(), 10);
+    assert!(ledger.owner_of("cgt-old-7").await.unwrap().is_none());
+    assert!(ledger.owner_of("cgt-young-7").await.unwrap().is_some());
 }

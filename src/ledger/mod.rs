@@ -136,6 +136,8 @@ pub enum CreateFate {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub tasks: usize,
+    /// Write transactions the task sweep took (bounded batches).
+    pub batches: usize,
     pub idempotency_keys: usize,
     pub intents: usize,
     pub usage_days: usize,

@@ -33,6 +33,8 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const BY_TENANT: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("tasks_by_tenant");
 /// (tenant, idempotency key) → [`KeyEntry`] (JSON).
 const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
+/// (created_ms, task id): the retention sweep takes the oldest in bounded batches.
+const BY_CREATED: TableDefinition<(u64, &str), ()> = TableDefinition::new("tasks_by_created");
 /// intent id → [`IntentEntry`] (JSON): creates forwarded and not yet settled.
 const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("create_intents");
 
@@ -40,6 +42,9 @@ const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("create_inten
 const WRITE_QUEUE: usize = 8192;
 /// Most operations committed together.
 const MAX_GROUP: usize = 512;
+/// Most expired tasks one sweep transaction removes, so that a sweep over a
+/// million records never holds the writer long enough to stall creates.
+pub const SWEEP_BATCH: usize = 1_000;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct IntentEntry {
@@ -59,7 +64,10 @@ enum Op {
     Observe(String, crate::spend::Observation),
     Grant(String, Vec<String>, u64),
     Revoke(Vec<String>),
-    Sweep(SweepBefore),
+    /// One batch of expired tasks (at most [`SWEEP_BATCH`]).
+    SweepTasks(u64),
+    /// Idempotency keys, intents and usage aggregates past their retention.
+    SweepRest(SweepBefore),
 }
 
 enum Outcome {
@@ -143,7 +151,9 @@ impl RedbLedger {
             txn.open_table(BY_TENANT).map_err(unavailable)?;
             txn.open_table(KEYS).map_err(unavailable)?;
             txn.open_table(INTENTS).map_err(unavailable)?;
+            txn.open_table(BY_CREATED).map_err(unavailable)?;
             spend::open_tables(&txn)?;
+            index_by_created(&txn)?;
             release_dead_intents(&txn)?;
             spend::adopt_unmirrored(&txn)?;
         }
@@ -228,6 +238,23 @@ fn release_dead_intents(txn: &WriteTransaction) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Once per file: tasks written before the creation-time index join it.
+fn index_by_created(txn: &WriteTransaction) -> Result<(), LedgerError> {
+    let mut meta = txn.open_table(spend::META).map_err(unavailable)?;
+    if meta.get("by_created").map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    let tasks = txn.open_table(TASKS).map_err(unavailable)?;
+    let mut index = txn.open_table(BY_CREATED).map_err(unavailable)?;
+    for entry in tasks.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let created = serde_json::from_slice::<TaskRecord>(v.value()).map_or(0, |r| r.created_ms);
+        index.insert((created, k.value()), ()).map_err(unavailable)?;
+    }
+    meta.insert("by_created", 1).map_err(unavailable)?;
+    Ok(())
+}
+
 /// Gives back what an intent held, and removes it.
 fn close_intent(txn: &WriteTransaction, intent_id: &str, give_back: bool) -> Result<(), LedgerError> {
     let entry = {
@@ -276,8 +303,8 @@ fn touched_owners(op: &Op) -> Touches<'_> {
         Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
         // The cached spend of the task changes with these.
         Op::SetState(id, _) | Op::Observe(id, _) => Touches::Tasks(vec![id.as_str()]),
-        Op::Sweep(..) => Touches::Every,
-        Op::Begin(_) | Op::Abandon(..) => Touches::Nothing,
+        Op::SweepTasks(..) => Touches::Every,
+        Op::Begin(_) | Op::Abandon(..) | Op::SweepRest(..) => Touches::Nothing,
     }
 }
 
@@ -383,12 +410,17 @@ fn decode_index(v: &[u8]) -> (TaskState, Option<String>, Option<ArkStatus>) {
 fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerError> {
     let mut tasks = txn.open_table(TASKS).map_err(unavailable)?;
     let mut index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+    let mut by_created = txn.open_table(BY_CREATED).map_err(unavailable)?;
     if let Some(old) = tasks.get(record.task_id.as_str()).map_err(unavailable)? {
-        // A re-grant may move the task to another tenant: drop the old index entry.
+        // A re-grant may move the task to another tenant: drop the old index entries.
         if let Ok(old) = serde_json::from_slice::<TaskRecord>(old.value()) {
             drop(index.remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str())));
+            drop(by_created.remove((old.created_ms, old.task_id.as_str())));
         }
     }
+    by_created
+        .insert((record.created_ms, record.task_id.as_str()), ())
+        .map_err(unavailable)?;
     let json = serde_json::to_vec(record).expect("records serialize");
     tasks
         .insert(record.task_id.as_str(), json.as_slice())
@@ -422,6 +454,10 @@ fn remove_task(txn: &WriteTransaction, task_id: &str) -> Result<bool, LedgerErro
         let mut index = txn.open_table(BY_TENANT).map_err(unavailable)?;
         index
             .remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str()))
+            .map_err(unavailable)?;
+        let mut by_created = txn.open_table(BY_CREATED).map_err(unavailable)?;
+        by_created
+            .remove((old.created_ms, old.task_id.as_str()))
             .map_err(unavailable)?;
     }
     Ok(true)
@@ -551,30 +587,34 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
             }
             Ok(Outcome::Count(removed))
         }
-        Op::Sweep(before) => {
-            let (tasks_before, keys_before) = (&before.tasks_ms, &before.keys_ms);
+        Op::SweepTasks(before_ms) => {
+            let old: Vec<(u64, String)> = {
+                let index = txn.open_table(BY_CREATED).map_err(unavailable)?;
+                let range = index.range((0, "")..(*before_ms, "")).map_err(unavailable)?;
+                let mut old = Vec::with_capacity(SWEEP_BATCH);
+                for entry in range.take(SWEEP_BATCH) {
+                    let (key, _) = entry.map_err(unavailable)?;
+                    let (created, id) = key.value();
+                    old.push((created, id.to_string()));
+                }
+                old
+            };
+            for (created, id) in &old {
+                expire_unsettled(txn, id)?;
+                if !remove_task(txn, id)? {
+                    // An index entry without its record: drop it alone.
+                    let mut by_created = txn.open_table(BY_CREATED).map_err(unavailable)?;
+                    by_created.remove((*created, id.as_str())).map_err(unavailable)?;
+                }
+            }
+            Ok(Outcome::Count(old.len()))
+        }
+        Op::SweepRest(before) => {
+            let keys_before = &before.keys_ms;
             let mut report = SweepReport {
                 usage_days: spend::sweep_usage(txn, &crate::spend::day_of(before.usage_ms))?,
                 ..SweepReport::default()
             };
-            let old_tasks: Vec<String> = {
-                let tasks = txn.open_table(TASKS).map_err(unavailable)?;
-                let mut old = Vec::new();
-                for entry in tasks.iter().map_err(unavailable)? {
-                    let (k, v) = entry.map_err(unavailable)?;
-                    let created = serde_json::from_slice::<TaskRecord>(v.value())
-                        .map(|r| r.created_ms)
-                        .unwrap_or(0);
-                    if created < *tasks_before {
-                        old.push(k.value().to_string());
-                    }
-                }
-                old
-            };
-            for id in &old_tasks {
-                expire_unsettled(txn, id)?;
-                report.tasks += usize::from(remove_task(txn, id)?);
-            }
             let mut keys = txn.open_table(KEYS).map_err(unavailable)?;
             let before = keys.len().map_err(unavailable)?;
             keys.retain(|_, v| {
@@ -780,8 +820,23 @@ impl Ledger for RedbLedger {
 
     fn sweep(&self, before: SweepBefore) -> LedgerFuture<'_, SweepReport> {
         Box::pin(async move {
-            match self.write(Op::Sweep(before)).await? {
-                Outcome::Swept(report) => Ok(report),
+            // Expired tasks in bounded batches, each its own transaction, so
+            // creates queued meanwhile commit between them.
+            let (mut tasks, mut batches) = (0, 0);
+            loop {
+                let n = expect_count(self.write(Op::SweepTasks(before.tasks_ms)).await?)?;
+                batches += 1;
+                tasks += n;
+                if n < SWEEP_BATCH {
+                    break;
+                }
+            }
+            match self.write(Op::SweepRest(before)).await? {
+                Outcome::Swept(report) => Ok(SweepReport {
+                    tasks,
+                    batches,
+                    ..report
+                }),
                 _ => Err(unavailable("unexpected ledger outcome")),
             }
         })
