@@ -45,6 +45,36 @@ pub struct MockOptions {
     pub delay: Duration,
     /// Keep a copy of every request (tests); off for benchmarks.
     pub record: bool,
+    /// Serve TLS (ALPN `h2` and `http/1.1`), as Ark does, instead of plain HTTP.
+    pub tls: Option<MockTls>,
+}
+
+/// The mock's certificate chain and key (PEM), for `--tls-cert` / `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct MockTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl MockTls {
+    fn acceptor(&self) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 impl MockOptions {
@@ -55,6 +85,7 @@ impl MockOptions {
             running_for: Duration::from_secs(3),
             delay: Duration::ZERO,
             record: true,
+            tls: None,
         }
     }
 }
@@ -63,6 +94,8 @@ impl MockOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceivedRequest {
     pub method: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -102,6 +135,7 @@ struct State {
 /// A running mock.
 pub struct MockUpstream {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -309,6 +343,7 @@ where
             .unwrap_or_else(PoisonError::into_inner)
             .push(ReceivedRequest {
                 method: parts.method.to_string(),
+                version: format!("{:?}", parts.version),
                 path_and_query,
                 headers: parts
                     .headers
@@ -513,9 +548,14 @@ fn list(state: &State, query: Option<&str>, rid: &str) -> (StatusCode, Value) {
     (StatusCode::OK, json!({"total": total, "items": page}))
 }
 
-/// Accepts and serves HTTP/1.1 and h2c until `stopped` resolves; then every
-/// connection is dropped.
-async fn serve(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::Receiver<()>) {
+/// Accepts and serves HTTP/1.1 and HTTP/2 (h2c, or ALPN under TLS) until
+/// `stopped` resolves; then every connection is dropped.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let mut connections = JoinSet::new();
     loop {
@@ -526,13 +566,20 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::R
                 Err(_) => continue,
             },
         };
-        let (builder, state) = (builder.clone(), state.clone());
+        let (builder, state, tls) = (builder.clone(), state.clone(), tls.clone());
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            match tls {
+                None => drop(builder.serve_connection(TokioIo::new(stream), service).await),
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        drop(builder.serve_connection(TokioIo::new(stream), service).await);
+                    }
+                }
+            }
         });
         while connections.try_join_next().is_some() {}
     }
@@ -546,17 +593,20 @@ impl MockUpstream {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let state = Arc::new(State {
-            options,
+            options: options.clone(),
             tasks: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             received_count: tokio::sync::watch::channel(0).0,
             counter: AtomicU64::new(1),
             seed: u64::from_le_bytes(seed) | 1,
         });
+        let tls = options.tls.as_ref().map(MockTls::acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state.clone(), stopped));
+        let task = tokio::spawn(serve(listener, tls, state.clone(), stopped));
         Ok(Self {
             addr,
+            scheme,
             state,
             stop: Some(stop),
             task,
@@ -569,7 +619,7 @@ impl MockUpstream {
 
     /// The base URL to configure as `upstream.base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/api/v3", self.addr)
+        format!("{}://{}/api/v3", self.scheme, self.addr)
     }
 
     /// Every request received so far.

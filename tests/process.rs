@@ -327,3 +327,50 @@ async fn the_tasks_cli_refuses_a_ledger_in_use() {
     gateway.signal("TERM");
     assert_eq!(gateway.wait().0, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_upstream_serves_tls_with_h2_and_http1() {
+    use std::io::BufRead;
+    let pki = common::tls::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("mock.pem"), dir.path().join("mock.key"));
+    std::fs::write(&cert, &pki.server_cert).unwrap();
+    std::fs::write(&key, &pki.server_key).unwrap();
+    let mut mock = Command::new(BIN)
+        .args([
+            "mock-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "k",
+            "--tls-cert",
+        ])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(mock.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    let addr: std::net::SocketAddr = url["https://".len()..].split('/').next().unwrap().parse().unwrap();
+    for (offer, expected) in [
+        (&[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(None, offer)));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = connector
+            .connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(expected));
+    }
+    let _ = mock.kill();
+    let _ = mock.wait();
+}

@@ -287,3 +287,56 @@ async fn an_oversized_answer_is_502_and_a_read_is_not_asked_again() {
     let audit = env.finish().await;
     assert_eq!(audit.last().unwrap().reason, "upstream_response_too_large");
 }
+
+/// The mock upstream serving TLS as Ark does (ALPN h2 and http/1.1), the
+/// gateway trusting its CA through `upstream.ca_file`: HTTP/2 by default,
+/// HTTP/1.1 when `upstream.protocols` pins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_is_reached_over_h2_or_the_pinned_http1() {
+    let pki = common::tls::pki();
+    for (protocols, version) in [
+        ("", "HTTP/2.0"),
+        ("protocols = [\"http/1.1\"]", "HTTP/1.1"),
+        ("protocols = [\"h2\"]", "HTTP/2.0"),
+    ] {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = ca_dir.path().join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let mut mock = ark_gateway::mock_upstream::MockOptions::new(UPSTREAM_KEY);
+        mock.queued_for = std::time::Duration::from_secs(3600);
+        mock.tls = Some(ark_gateway::mock_upstream::MockTls {
+            cert_pem: pki.server_cert.clone(),
+            key_pem: pki.server_key.clone(),
+        });
+        let env = TestEnv::start_with(Options {
+            mock,
+            upstream_extra: format!("ca_file = \"{}\"\n{protocols}", ca.display()),
+            ..Options::default()
+        })
+        .await;
+        assert!(env.mock.base_url().starts_with("https://"));
+        let id = env.create(ALPHA).await;
+        assert_eq!(
+            env.call("GET", &format!("{TASKS}/{id}"), Some(ALPHA), None)
+                .await
+                .status,
+            200
+        );
+        let seen: Vec<String> = env.upstream().into_iter().map(|r| r.version).collect();
+        assert_eq!(seen, vec![version.to_string(); 2], "{protocols}");
+    }
+}
+
+#[test]
+fn an_h2_only_offer_needs_a_tls_upstream() {
+    let text = format!(
+        "[upstream]\nbase_url = \"http://127.0.0.1:9/api/v3\"\napi_key_env = \"K\"\nallow_insecure_http = true\nprotocols = [\"h2\"]\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"{}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n",
+        "0".repeat(64)
+    );
+    let err = ark_gateway::config::Config::from_toml_str(&text, &|_| Some("k".into())).unwrap_err();
+    assert!(err.mentions("upstream.protocols"), "{err}");
+    let bad = text.replace("[\"h2\"]", "[\"h3\"]");
+    assert!(ark_gateway::config::Config::from_toml_str(&bad, &|_| Some("k".into()))
+        .unwrap_err()
+        .mentions("upstream.protocols"));
+}

@@ -133,6 +133,24 @@ pub struct UpstreamConfig {
     pub requests_per_minute: Option<RateLimitConfig>,
     /// Queued or running tasks the whole account may have (all tenants, all replicas).
     pub max_active_tasks: Option<u64>,
+    /// The ALPN offer to a TLS upstream (`upstream.protocols`).
+    pub protocols: UpstreamProtocols,
+}
+
+/// Which HTTP versions the gateway offers Ark (ALPN); at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamProtocols {
+    pub http2: bool,
+    pub http1: bool,
+}
+
+impl Default for UpstreamProtocols {
+    fn default() -> Self {
+        Self {
+            http2: true,
+            http1: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

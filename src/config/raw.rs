@@ -71,6 +71,7 @@ pub struct RawUpstream {
     pub requests_per_minute: Option<i64>,
     pub requests_burst: Option<i64>,
     pub max_active_tasks: Option<i64>,
+    pub protocols: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -232,6 +232,37 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
                 burst,
             })
         }),
+        protocols: match up.protocols.as_deref() {
+            None => UpstreamProtocols::default(),
+            Some(list) => {
+                let mut protocols = UpstreamProtocols {
+                    http2: false,
+                    http1: false,
+                };
+                for name in list {
+                    match name.as_str() {
+                        "h2" => protocols.http2 = true,
+                        "http/1.1" => protocols.http1 = true,
+                        other => p.push(
+                            "upstream.protocols",
+                            format!("{other:?} is not one of \"h2\", \"http/1.1\""),
+                        ),
+                    }
+                }
+                if !protocols.http1 && !protocols.http2 {
+                    p.push("upstream.protocols", "must offer \"h2\", \"http/1.1\" or both");
+                    UpstreamProtocols::default()
+                } else {
+                    if !protocols.http1 && base_url.as_ref().is_some_and(|u| u.scheme_str() == Some("http")) {
+                        p.push(
+                            "upstream.protocols",
+                            "an http:// upstream speaks HTTP/1.1 (h2 is negotiated by TLS ALPN): add \"http/1.1\"",
+                        );
+                    }
+                    protocols
+                }
+            }
+        },
         max_active_tasks: up
             .max_active_tasks
             .map(|n| p.positive("upstream.max_active_tasks", Some(n), 1, 1_000_000_000) as u64),

@@ -28,14 +28,17 @@ pub fn build_pool(config: &UpstreamConfig) -> Result<UpstreamPool, rustls::Error
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
-    let connector = if config.allow_insecure_http {
-        builder
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http)
+    let builder = if config.allow_insecure_http {
+        builder.https_or_http()
     } else {
-        builder.https_only().enable_http1().enable_http2().wrap_connector(http)
+        builder.https_only()
+    };
+    // The ALPN offer follows `upstream.protocols`: pinning HTTP/1.1 is for
+    // middleboxes that break HTTP/2.
+    let connector = match (config.protocols.http2, config.protocols.http1) {
+        (true, true) => builder.enable_http1().enable_http2().wrap_connector(http),
+        (true, false) => builder.enable_http2().wrap_connector(http),
+        _ => builder.enable_http1().wrap_connector(http),
     };
     // Shorter than the usual server-side keep-alive time-outs (60 s and more),
     // so that the pool rarely offers a connection the upstream is about to close.
