@@ -506,8 +506,7 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
 async fn budget_windows_reset_at_utc_day_and_month_boundaries_on_redis() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
-    let redis = ark_gateway::backend::redis::Redis::connect(&url, "w:", Arc::new(Metrics::new())).unwrap();
+    let redis = connect(&server, "w:");
     let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
     budget_window_scenario(&ledger).await;
 }
@@ -516,8 +515,7 @@ async fn budget_windows_reset_at_utc_day_and_month_boundaries_on_redis() {
 async fn a_create_whose_replica_died_gives_its_hold_back_when_the_lease_ends() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
-    let redis = ark_gateway::backend::redis::Redis::connect(&url, "d:", Arc::new(Metrics::new())).unwrap();
+    let redis = connect(&server, "d:");
     let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
     use ark_gateway::ledger::Ledger;
     let at = ark_gateway::ledger::now_ms();
@@ -556,8 +554,7 @@ async fn a_background_caller_leaves_a_fifth_of_the_shared_quota_to_tenants() {
     use std::num::NonZeroU32;
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
-    let redis = ark_gateway::backend::redis::Redis::connect(&url, "q:", Arc::new(Metrics::new())).unwrap();
+    let redis = connect(&server, "q:");
     let limiter = ark_gateway::backend::redis::RedisLimiter::new(redis);
     let limit = ark_gateway::config::RateLimitConfig {
         per: ark_gateway::config::RatePeriod::Minute,
@@ -649,8 +646,7 @@ async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
     use ark_gateway::ledger::Ledger;
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
-    let redis = ark_gateway::backend::redis::Redis::connect(&url, "v:", Arc::new(Metrics::new())).unwrap();
+    let redis = connect(&server, "v:");
     let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
     let at = ark_gateway::ledger::now_ms();
     let mut intent = ark_gateway::ledger::CreateIntent {
@@ -687,4 +683,10 @@ async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
     let counts = ledger.tenant_counts("alpha", at).await.unwrap();
     assert_eq!((counts.active, counts.day.reserved_tokens), (0, 0));
     assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+}
+
+/// A connection to the test's redis-server, under its own key prefix.
+fn connect(server: &RedisServer, prefix: &str) -> Arc<ark_gateway::backend::redis::Redis> {
+    let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
+    ark_gateway::backend::redis::Redis::connect(&url, prefix, Arc::new(Metrics::new())).unwrap()
 }

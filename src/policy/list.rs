@@ -148,7 +148,7 @@ pub(super) fn plan(candidates: Vec<Candidate>, query: &ListQuery) -> ListPlan {
         match (c.created_ms, query.status, c.status) {
             (Some(created_ms), None, _) if known_model => local.push((created_ms, c.id)),
             (Some(created_ms), Some(wanted), Some(status)) if known_model => {
-                if status.as_str() == wanted.as_str() {
+                if status == wanted {
                     local.push((created_ms, c.id));
                 }
             }

@@ -1,10 +1,9 @@
 //! List queries: parsed strictly from the tenant's query string, then narrowed
 //! to the tenant's own task ids before anything is sent upstream.
 
-use std::fmt;
-
 use crate::error::GatewayError;
 use crate::route::TaskId;
+use crate::spend::ArkStatus;
 
 /// Most ids sent upstream in one list call, keeping every upstream URL
 /// bounded (100 ids is about 4 KB of query string).
@@ -14,54 +13,12 @@ pub(super) const DEFAULT_PAGE_SIZE: u32 = 10;
 const MAX_PAGE: u32 = 500;
 const MAX_FILTER_LEN: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Expired,
-}
-
-impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
-        Self::Queued,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-        Self::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
-
-impl fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A validated list query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub page_num: Option<u32>,
     pub page_size: Option<u32>,
-    pub status: Option<TaskStatus>,
+    pub status: Option<ArkStatus>,
     pub model: Option<String>,
     pub service_tier: Option<String>,
     /// `None`: no id filter; `Some`: only these ids (in the order given, deduplicated).
@@ -86,7 +43,7 @@ impl ListQuery {
                 "page_num" => set_once(&mut q.page_num, "page_num", parse_page(&value, "page_num")?)?,
                 "page_size" => set_once(&mut q.page_size, "page_size", parse_page(&value, "page_size")?)?,
                 "filter.status" => {
-                    let status = TaskStatus::parse(&value).ok_or_else(|| {
+                    let status = ArkStatus::parse(&value).ok_or_else(|| {
                         invalid(
                             "filter.status",
                             "expected queued, running, succeeded, failed, cancelled or expired",
@@ -176,7 +133,7 @@ mod tests {
         .unwrap();
         assert_eq!(q.page_num(), 2);
         assert_eq!(q.page_size(), 50);
-        assert_eq!(q.status, Some(TaskStatus::Queued));
+        assert_eq!(q.status, Some(ArkStatus::Queued));
         assert_eq!(q.model.as_deref(), Some("m/1"));
         let ids: Vec<_> = q.task_ids.unwrap().iter().map(|i| i.to_string()).collect();
         assert_eq!(ids, ["a", "b"]);
@@ -206,7 +163,7 @@ mod tests {
     fn upstream_query_is_re_encoded_from_typed_values() {
         let q = ListQuery {
             model: Some("a&filter.task_ids=stolen".into()),
-            status: Some(TaskStatus::Succeeded),
+            status: Some(ArkStatus::Succeeded),
             ..Default::default()
         };
         let ids = [TaskId::parse("cgt-1").unwrap()];

@@ -15,7 +15,7 @@ mod service;
 mod task;
 
 pub use layer::PolicyLayer;
-pub use list_query::{ListQuery, TaskStatus};
+pub use list_query::ListQuery;
 pub use service::PolicyService;
 
 use std::time::Duration;

@@ -32,16 +32,17 @@ pub enum ArkStatus {
 }
 
 impl ArkStatus {
+    pub const ALL: [ArkStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
     pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "expired" => Self::Expired,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -319,6 +320,27 @@ impl Admission {
             }
         }
         None
+    }
+}
+
+/// What a create in flight holds (kept in its intent, so that whoever gives
+/// it back, this process or another replica, knows how much).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub reserved_tokens: u64,
+    pub reserved_cost_micros: u64,
+    pub day: String,
+    pub month: String,
+}
+
+impl Hold {
+    pub fn of(admission: &Admission) -> Self {
+        Self {
+            reserved_tokens: admission.reserved_tokens,
+            reserved_cost_micros: admission.reserved_cost_micros,
+            day: admission.day.clone(),
+            month: admission.month.clone(),
+        }
     }
 }
 

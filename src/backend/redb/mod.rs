@@ -53,7 +53,7 @@ struct IntentEntry {
     at_ms: u64,
     /// The slot and reservation it holds (given back at most once).
     #[serde(default)]
-    held: Option<spend::Held>,
+    held: Option<crate::spend::Hold>,
 }
 
 enum Op {
@@ -360,15 +360,8 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
     }
 }
 
-/// The mirror's statuses in the index, by their place here (0: unknown).
-const STATUSES: [ArkStatus; 6] = [
-    ArkStatus::Queued,
-    ArkStatus::Running,
-    ArkStatus::Succeeded,
-    ArkStatus::Failed,
-    ArkStatus::Cancelled,
-    ArkStatus::Expired,
-];
+/// The mirror's statuses in the index, by their place in [`ArkStatus::ALL`] (0: unknown).
+const STATUSES: [ArkStatus; 6] = ArkStatus::ALL;
 /// Set in the first byte of an index value that carries a status byte
 /// (values written before the mirror have none).
 const WITH_STATUS: u8 = 0x80;
@@ -494,7 +487,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                 tenant: intent.tenant.clone(),
                 idempotency_key: intent.idempotency_key.clone(),
                 at_ms: intent.at_ms,
-                held: intent.admission.as_ref().map(spend::Held::of),
+                held: intent.admission.as_ref().map(crate::spend::Hold::of),
             };
             intents
                 .insert(

@@ -5,7 +5,6 @@
 //! set of tasks not yet seen to end.
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
 use super::unavailable;
 use crate::ledger::{LedgerError, TaskRecord};
@@ -24,26 +23,6 @@ pub(super) const USAGE: TableDefinition<(&str, &str, &str), &[u8]> = TableDefini
 pub(super) const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open_tasks");
 
 const ACCOUNT: &str = "";
-
-/// What an intent holds until its create completes or is abandoned.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct Held {
-    pub(super) reserved_tokens: u64,
-    pub(super) reserved_cost_micros: u64,
-    pub(super) day: String,
-    pub(super) month: String,
-}
-
-impl Held {
-    pub(super) fn of(admission: &Admission) -> Self {
-        Self {
-            reserved_tokens: admission.reserved_tokens,
-            reserved_cost_micros: admission.reserved_cost_micros,
-            day: admission.day.clone(),
-            month: admission.month.clone(),
-        }
-    }
-}
 
 pub(super) fn open_tables(txn: &WriteTransaction) -> Result<(), LedgerError> {
     txn.open_table(ACTIVE).map_err(unavailable)?;
@@ -153,11 +132,11 @@ pub(super) fn admit(
         return Ok(Some(refusal));
     }
     add_active(txn, tenant, 1)?;
-    reserve(txn, tenant, &Held::of(admission), true)?;
+    reserve(txn, tenant, &Hold::of(admission), true)?;
     Ok(None)
 }
 
-fn reserve(txn: &WriteTransaction, tenant: &str, held: &Held, add: bool) -> Result<(), LedgerError> {
+fn reserve(txn: &WriteTransaction, tenant: &str, held: &Hold, add: bool) -> Result<(), LedgerError> {
     for period in [&held.day, &held.month] {
         update_totals(txn, tenant, period, |t| {
             if add {
@@ -173,7 +152,7 @@ fn reserve(txn: &WriteTransaction, tenant: &str, held: &Held, add: bool) -> Resu
 }
 
 /// Gives back what an intent held (its create produced no owned task).
-pub(super) fn release(txn: &WriteTransaction, tenant: &str, held: &Held) -> Result<(), LedgerError> {
+pub(super) fn release(txn: &WriteTransaction, tenant: &str, held: &Hold) -> Result<(), LedgerError> {
     add_active(txn, tenant, -1)?;
     reserve(txn, tenant, held, false)
 }
@@ -212,7 +191,7 @@ pub(super) fn apply_observation(
         add_active(txn, &record.tenant, 1)?;
     }
     if let Some(settlement) = &change.settlement {
-        let held = Held {
+        let held = Hold {
             reserved_tokens: record.spend.reserved_tokens,
             reserved_cost_micros: record.spend.reserved_cost_micros,
             day: day_of(record.created_ms),

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::spend::{self as counts, Held, Ops};
+use super::spend::{self as counts, Ops};
 use super::{Redis, RedisDown};
 use crate::ledger::*;
+use crate::spend::Hold;
 use crate::spend::{
     day_of, month_of, transition, Day, Observation, Settlement, TenantCounts, UsageCounts, UsageRow, WindowTotals,
 };
@@ -329,7 +330,7 @@ impl RedisLedger {
 impl Ledger for RedisLedger {
     fn begin_create(&self, intent: CreateIntent) -> LedgerFuture<'_, BeginOutcome> {
         Box::pin(async move {
-            let held = intent.admission.as_ref().map(Held::of);
+            let held = intent.admission.as_ref().map(Hold::of);
             let intent_json =
                 serde_json::json!({"tenant": intent.tenant, "at_ms": intent.at_ms, "held": held}).to_string();
             let ttl = IDEMPOTENCY_WINDOW.as_millis() as u64;

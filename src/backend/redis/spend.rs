@@ -15,9 +15,7 @@
 //! `usage:{tenant}:{day}` (a hash of `{model}|{counter}`), `usage-tenants`,
 //! `open` (a set of task ids the reconciler asks about), `reconcile:lease`.
 
-use serde::{Deserialize, Serialize};
-
-use crate::spend::{Admission, Refusal, Window};
+use crate::spend::{Refusal, Window};
 
 /// How long a budget window's totals are kept (a month and some).
 pub(super) const WINDOW_TTL_MS: u64 = 100 * 86_400_000;
@@ -142,26 +140,6 @@ while ARGV[i] do
 end
 return 1
 "#;
-
-/// The hold an intent carries in its JSON (read back by the scripts).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Held {
-    pub(super) reserved_tokens: u64,
-    pub(super) reserved_cost_micros: u64,
-    pub(super) day: String,
-    pub(super) month: String,
-}
-
-impl Held {
-    pub(super) fn of(a: &Admission) -> Self {
-        Self {
-            reserved_tokens: a.reserved_tokens,
-            reserved_cost_micros: a.reserved_cost_micros,
-            day: a.day.clone(),
-            month: a.month.clone(),
-        }
-    }
-}
 
 pub(super) fn refusal_of(reason: &str) -> Refusal {
     Window::ALL
