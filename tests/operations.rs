@@ -322,6 +322,20 @@ async fn sighup_and_file_changes_reload_the_running_process() {
 }
 
 /// One HTTP/1.1 request over TLS; `None` when the TLS session cannot be set up.
+/// The server certificate, its key and the CA, written into `dir`.
+fn write_pki(pki: &Pki, dir: &std::path::Path) -> (String, String, String) {
+    let file = |name: &str, content: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    (
+        file("server.pem", &pki.server_cert),
+        file("server.key", &pki.server_key),
+        file("ca.pem", &pki.ca_pem),
+    )
+}
+
 async fn tls_request(
     addr: std::net::SocketAddr,
     pki: &Pki,
@@ -350,16 +364,7 @@ async fn tls_request(
 async fn tls_and_mutual_tls_identify_tenants() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, content: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key, ca) = (
-        file("server.pem", &pki.server_cert),
-        file("server.key", &pki.server_key),
-        file("ca.pem", &pki.ca_pem),
-    );
+    let (cert, key, ca) = write_pki(&pki, dir.path());
 
     // TLS only: tokens identify tenants.
     let tls_only = format!(
@@ -425,16 +430,7 @@ async fn tls_and_mutual_tls_identify_tenants() {
 async fn mutual_tls_finds_its_tenant_among_thousands_by_san() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, content: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key, ca) = (
-        file("server.pem", &pki.server_cert),
-        file("server.key", &pki.server_key),
-        file("ca.pem", &pki.ca_pem),
-    );
+    let (cert, key, ca) = write_pki(&pki, dir.path());
     let mut tenants = format!("\n[server.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n");
     for n in 0..2_000 {
         tenants.push_str(&format!(

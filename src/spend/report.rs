@@ -95,6 +95,27 @@ pub struct TenantView<'a> {
     pub budget: &'a BudgetConfig,
 }
 
+impl<'a> From<&'a crate::config::TenantConfig> for TenantView<'a> {
+    fn from(t: &'a crate::config::TenantConfig) -> Self {
+        Self {
+            name: t.name.as_str(),
+            max_active_tasks: t.max_active_tasks,
+            budget: &t.budget,
+        }
+    }
+}
+
+/// A running gateway's tenant carries the same settings as its config.
+impl<'a> From<&'a crate::tenant::TenantPolicy> for TenantView<'a> {
+    fn from(t: &'a crate::tenant::TenantPolicy) -> Self {
+        Self {
+            name: t.name.as_str(),
+            max_active_tasks: t.max_active_tasks,
+            budget: &t.budget,
+        }
+    }
+}
+
 fn amount(window: Window, value: u64) -> Value {
     if window.is_cost() {
         json!(micros_to_amount(value))
@@ -242,15 +263,7 @@ pub(crate) async fn answer(
         }
         query.tenant = Some(only.to_string());
     }
-    let tenants: Vec<TenantView<'_>> = snapshot
-        .tenants
-        .iter()
-        .map(|t| TenantView {
-            name: t.name.as_str(),
-            max_active_tasks: t.max_active_tasks,
-            budget: &t.budget,
-        })
-        .collect();
+    let tenants: Vec<TenantView<'_>> = snapshot.tenants.iter().map(|t| TenantView::from(&**t)).collect();
     let report = build(ledger, &snapshot.spend.pricing, &tenants, &query, now)
         .await
         .map_err(|e| {
@@ -273,15 +286,7 @@ pub async fn for_config(
 ) -> Result<(Value, Format), String> {
     let now = crate::ledger::now_ms();
     let query = UsageQuery::parse(raw_query, now).map_err(|e| e.to_string())?;
-    let tenants: Vec<TenantView<'_>> = config
-        .tenants
-        .iter()
-        .map(|t| TenantView {
-            name: t.name.as_str(),
-            max_active_tasks: t.max_active_tasks,
-            budget: &t.budget,
-        })
-        .collect();
+    let tenants: Vec<TenantView<'_>> = config.tenants.iter().map(TenantView::from).collect();
     let report = build(ledger, &config.pricing, &tenants, &query, now)
         .await
         .map_err(|e| e.to_string())?;
