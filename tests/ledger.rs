@@ -272,14 +272,7 @@ async fn the_sweep_drops_expired_entries_and_their_index() {
         assert_eq!(ledger.begin_create(it.clone()).await.unwrap(), BeginOutcome::Begun);
         ledger.complete_create(it, record(&id, "alpha", created)).await.unwrap();
     }
-    let report = ledger
-        .sweep(SweepBefore {
-            tasks_ms: 10_000,
-            keys_ms: 10_000,
-            usage_ms: 0,
-        })
-        .await
-        .unwrap();
+    let report = ledger.sweep(sweep_before(10_000, 10_000)).await.unwrap();
     assert_eq!((report.tasks, report.idempotency_keys), (2, 2));
     let left: Vec<_> = ledger
         .owned_tasks("alpha", 0)
@@ -336,14 +329,7 @@ async fn owner_checks_follow_grants_and_sweeps_after_a_cached_answer() {
     );
     assert!(ledger.is_owner("cgt-moved", "beta").await.unwrap());
     // The grant kept the task's creation time; the sweep drops it.
-    ledger
-        .sweep(SweepBefore {
-            tasks_ms: 10_000,
-            keys_ms: 10_000,
-            usage_ms: 0,
-        })
-        .await
-        .unwrap();
+    ledger.sweep(sweep_before(10_000, 10_000)).await.unwrap();
     assert!(
         !ledger.is_owner("cgt-moved", "beta").await.unwrap(),
         "a swept task is still owned"
@@ -460,14 +446,7 @@ async fn records_from_before_the_mirror_are_reconciled_like_any_other() {
     let ledger = RedbLedger::open(&path).unwrap();
     assert!(ledger.open_tasks(10).await.unwrap().is_empty());
     // They joined the creation-time index too: the sweep finds them.
-    let swept = ledger
-        .sweep(SweepBefore {
-            tasks_ms: 2_000,
-            keys_ms: 0,
-            usage_ms: 0,
-        })
-        .await
-        .unwrap();
+    let swept = ledger.sweep(sweep_before(2_000, 0)).await.unwrap();
     assert_eq!(swept.tasks, 2);
     assert_eq!(ledger.task_count().unwrap(), 0);
 }
@@ -480,14 +459,7 @@ async fn the_retention_sweep_works_in_bounded_batches() {
     let young: Vec<String> = (0..10).map(|n| format!("cgt-young-{n}")).collect();
     ledger.grant("alpha", &old, 1_000).await.unwrap();
     ledger.grant("alpha", &young, 9_000).await.unwrap();
-    let report = ledger
-        .sweep(SweepBefore {
-            tasks_ms: 5_000,
-            keys_ms: 0,
-            usage_ms: 0,
-        })
-        .await
-        .unwrap();
+    let report = ledger.sweep(sweep_before(5_000, 0)).await.unwrap();
     assert_eq!(report.tasks, 2_500);
     let batch = ark_gateway::backend::redb::SWEEP_BATCH;
     assert_eq!(
@@ -501,4 +473,13 @@ async fn the_retention_sweep_works_in_bounded_batches() {
     assert_eq!(ledger.task_count().unwrap(), 10);
     assert!(ledger.owner_of("cgt-old-7").await.unwrap().is_none());
     assert!(ledger.owner_of("cgt-young-7").await.unwrap().is_some());
+}
+
+/// Tasks created before `tasks_ms` and keys older than `keys_ms` go; usage stays.
+fn sweep_before(tasks_ms: u64, keys_ms: u64) -> SweepBefore {
+    SweepBefore {
+        tasks_ms,
+        keys_ms,
+        usage_ms: 0,
+    }
 }

@@ -495,19 +495,14 @@ async fn quotas_and_budgets_are_exact_across_three_replicas_and_settle_once() {
     assert_eq!(reports[0]["tenants"][0]["active_tasks"], 3);
     // The freed slot is usable from any replica, exactly once.
     assert_eq!(create_everywhere(&replicas, ALPHA, 2).await, (1, 5));
-    for r in &mut replicas {
-        if let Some(g) = r.gateway.take() {
-            g.shutdown().await;
-        }
-    }
+    stop_all(&mut replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_windows_reset_at_utc_day_and_month_boundaries_on_redis() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let redis = connect(&server, "w:");
-    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    let ledger = redis_ledger(&server, "w:");
     budget_window_scenario(&ledger).await;
 }
 
@@ -515,8 +510,7 @@ async fn budget_windows_reset_at_utc_day_and_month_boundaries_on_redis() {
 async fn a_create_whose_replica_died_gives_its_hold_back_when_the_lease_ends() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let redis = connect(&server, "d:");
-    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    let ledger = redis_ledger(&server, "d:");
     use ark_gateway::ledger::Ledger;
     let at = ark_gateway::ledger::now_ms();
     let begin = |id: &str, at_ms: u64, lease_ms: u64| {
@@ -634,11 +628,7 @@ async fn one_replica_reconciles_within_the_accounts_request_budget() {
         (1..=2).contains(&lists),
         "{lists} reconciler calls: the budget is the account's, not each replica's"
     );
-    for r in &mut replicas {
-        if let Some(g) = r.gateway.take() {
-            g.shutdown().await;
-        }
-    }
+    stop_all(&mut replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,8 +636,7 @@ async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
     use ark_gateway::ledger::Ledger;
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
-    let redis = connect(&server, "v:");
-    let ledger = ark_gateway::ledger::RedisLedger::new(redis, Duration::from_secs(3600));
+    let ledger = redis_ledger(&server, "v:");
     let at = ark_gateway::ledger::now_ms();
     let mut intent = ark_gateway::ledger::CreateIntent {
         intent_id: "i1".into(),
@@ -689,4 +678,17 @@ async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
 fn connect(server: &RedisServer, prefix: &str) -> Arc<ark_gateway::backend::redis::Redis> {
     let url = ark_gateway::config::RedisUrl::parse(&server.url()).unwrap();
     ark_gateway::backend::redis::Redis::connect(&url, prefix, Arc::new(Metrics::new())).unwrap()
+}
+
+async fn stop_all(replicas: &mut [Replica]) {
+    for r in replicas {
+        if let Some(g) = r.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}
+
+/// A Redis ledger on the test's redis-server, with an hour's retention.
+fn redis_ledger(server: &RedisServer, prefix: &str) -> ark_gateway::ledger::RedisLedger {
+    ark_gateway::ledger::RedisLedger::new(connect(server, prefix), Duration::from_secs(3600))
 }

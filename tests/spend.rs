@@ -109,6 +109,16 @@ fn tenant_view<'a>(report: &'a Value, tenant: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{tenant} in {report}"))
 }
 
+/// The first usage row of `tenant` in a report.
+fn usage_row<'a>(report: &'a Value, tenant: &str) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant"] == tenant)
+        .unwrap_or_else(|| panic!("a row of {tenant} in {report}"))
+}
+
 fn window<'a>(tenant: &'a Value, name: &str) -> &'a Value {
     tenant["windows"]
         .as_array()
@@ -256,13 +266,7 @@ async fn a_budget_reserves_refuses_settles_once_and_admits_again() {
         ),
         (Some(250_000), Some(20_000), Some(100_000))
     );
-    let row = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["tenant"] == "alpha")
-        .unwrap()
-        .clone();
+    let row = usage_row(&report, "alpha").clone();
     assert_eq!(
         (row["succeeded"].as_u64(), row["tokens"].as_u64()),
         (Some(1), Some(20_000))
@@ -286,12 +290,7 @@ async fn a_budget_reserves_refuses_settles_once_and_admits_again() {
     // A delete of the finished task keeps its counts.
     assert_eq!(env.call("DELETE", &task, Some(ALPHA), None).await.status, 200);
     let after = admin_usage(&env, "").await;
-    let row = after["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["tenant"] == "alpha")
-        .unwrap();
+    let row = usage_row(&after, "alpha");
     assert_eq!(
         (row["succeeded"].as_u64(), row["tokens"].as_u64()),
         (Some(1), Some(20_000))
@@ -311,12 +310,7 @@ async fn deleting_a_finished_task_first_learns_its_usage() {
         200
     );
     let report = admin_usage(&env, "").await;
-    let row = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["tenant"] == "alpha")
-        .unwrap();
+    let row = usage_row(&report, "alpha");
     assert_eq!(
         (row["succeeded"].as_u64(), row["tokens"].as_u64()),
         (Some(1), Some(33_000))
@@ -333,12 +327,7 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
     loop {
         let report = admin_usage(&env, "").await;
         if tenant_view(&report, "alpha")["active_tasks"] == 0 {
-            let row = report["rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["tenant"] == "alpha")
-                .unwrap();
+            let row = usage_row(&report, "alpha");
             assert_eq!(row["tokens"], 5_000);
             break;
         }
@@ -357,12 +346,7 @@ async fn the_reconciler_frees_a_slot_nobody_polls_within_its_request_budget() {
     );
     assert_eq!(env.call("GET", TASKS, Some(ALPHA), None).await.status, 200);
     let report = admin_usage(&env, "").await;
-    let row = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["tenant"] == "alpha")
-        .unwrap();
+    let row = usage_row(&report, "alpha");
     assert_eq!(
         (row["succeeded"].as_u64(), row["tokens"].as_u64()),
         (Some(1), Some(5_000))

@@ -29,11 +29,12 @@ def sha256(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tenant(name, operations='["create", "get", "list", "delete"]', extra="", limit="{ per_second = 100, burst = 100 }"):
+def tenant(name, operations='["create", "get", "list", "delete"]', extra="", limit="{ per_second = 100, burst = 100 }", token=None):
+    """A [[tenant]] table; its token is `token`, or the shared test token of `name`."""
     return f"""
 [[tenant]]
 name = "{name}"
-token_sha256 = "{sha256(TOKENS[name])}"
+token_sha256 = "{sha256(token or TOKENS[name])}"
 operations = {operations}
 rate_limit = {limit}
 {extra}
@@ -92,17 +93,18 @@ def mock_upstream():
     proc.stop()
 
 
-def start_gateway(work, mock_upstream, server_extra=""):
-    """A gateway process in `work` in front of the mock, with the test tenants."""
-    config = work / "gateway.toml"
-    config.write_text(
-        f"""
+def base_config(work, mock_upstream, server_extra="", admin_extra="", store=None):
+    """The listeners (port 0), the mock as upstream, the store and the audit
+    file in `work`: every test gateway's config before its tenants."""
+    store = store or 'path = "{}"'.format(work / "ledger.redb")
+    return f"""
 [server]
 listen = "127.0.0.1:0"
 {server_extra}
 
 [admin]
 listen = "127.0.0.1:0"
+{admin_extra}
 
 [upstream]
 base_url = "{mock_upstream}"
@@ -110,12 +112,19 @@ api_key_env = "SDK_TEST_ARK_KEY"
 allow_insecure_http = true
 
 [store]
-path = "{work / 'ledger.redb'}"
+{store}
 
 [audit]
 sink = "file"
 path = "{work / 'audit.jsonl'}"
 """
+
+
+def start_gateway(work, mock_upstream, server_extra=""):
+    """A gateway process in `work` in front of the mock, with the test tenants."""
+    config = work / "gateway.toml"
+    config.write_text(
+        base_config(work, mock_upstream, server_extra)
         + tenant("alpha", extra='models = ["doubao-seedance-1-0-pro-250528"]')
         + tenant("beta")
         + tenant("gamma")

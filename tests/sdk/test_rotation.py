@@ -8,27 +8,14 @@ import pytest
 from volcenginesdkarkruntime import Ark
 from volcenginesdkarkruntime._exceptions import ArkAuthenticationError
 
-from conftest import BIN, UPSTREAM_KEY, Process, sha256
+from conftest import BIN, UPSTREAM_KEY, Process, base_config, sha256
 
 MODEL = "doubao-seedance-1-0-pro-250528"
 CONTENT = [{"type": "text", "text": "a new key"}]
 
 
 def config_text(tmp_path, mock_upstream, tokens):
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-base_url = "{mock_upstream}"
-api_key_env = "SDK_TEST_ARK_KEY"
-allow_insecure_http = true
-[store]
-path = "{tmp_path / 'ledger.redb'}"
-[audit]
-sink = "file"
-path = "{tmp_path / 'audit.jsonl'}"
+    return base_config(tmp_path, mock_upstream) + f"""
 [[tenant]]
 name = "rotating"
 operations = ["create", "get", "list", "delete"]

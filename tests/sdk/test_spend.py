@@ -12,7 +12,8 @@ import pytest
 from volcenginesdkarkruntime import Ark
 from volcenginesdkarkruntime._exceptions import ArkPermissionDeniedError, ArkRateLimitError
 
-from conftest import BIN, UPSTREAM_KEY, Process, sha256
+from conftest import BIN, UPSTREAM_KEY, Process, base_config, sha256
+from conftest import tenant as shared_tenant
 
 MODEL = "doubao-seedance-1-0-pro-250528"
 CONTENT = [{"type": "text", "text": "a lighthouse at dusk"}]
@@ -21,40 +22,15 @@ TOKENS = {"quota": "sdk-token-quota", "budget": "sdk-token-budget", "hooks": "sd
 
 
 def tenant(name, extra):
-    return f"""
-[[tenant]]
-name = "{name}"
-token_sha256 = "{sha256(TOKENS[name])}"
-operations = ["create", "get", "list", "delete"]
-rate_limit = {{ per_second = 100, burst = 100 }}
-{extra}
-"""
+    return shared_tenant(name, extra=extra, token=TOKENS[name])
 
 
 @pytest.fixture()
 def governed(mock_upstream, tmp_path):
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-token_sha256 = "{sha256(ADMIN_TOKEN)}"
-
-[upstream]
-base_url = "{mock_upstream}"
-api_key_env = "SDK_TEST_ARK_KEY"
-allow_insecure_http = true
-
-[store]
-path = "{tmp_path / 'ledger.redb'}"
-
-[audit]
-sink = "file"
-path = "{tmp_path / 'audit.jsonl'}"
-
+        base_config(tmp_path, mock_upstream, admin_extra=f'token_sha256 = "{sha256(ADMIN_TOKEN)}"')
+        + f"""
 [pricing]
 currency = "CNY"
 [[pricing.model]]

@@ -12,7 +12,7 @@ import pytest
 from volcenginesdkarkruntime import Ark
 from volcenginesdkarkruntime._exceptions import ArkRateLimitError
 
-from conftest import BIN, UPSTREAM_KEY, Process, sha256
+from conftest import BIN, UPSTREAM_KEY, Process, base_config, tenant
 
 MODEL = "doubao-seedance-1-0-pro-250528"
 CONTENT = [{"type": "text", "text": "three replicas"}]
@@ -41,35 +41,13 @@ def redis_url(tmp_path):
 def replica(work, mock_upstream, redis_url):
     work.mkdir()
     config = work / "gateway.toml"
-    tenants = ""
-    for name, extra in [("capped", "max_active_tasks = 3"), ("budgeted", "budget = { daily_tokens = 200000 }")]:
-        tenants += f"""
-[[tenant]]
-name = "{name}"
-token_sha256 = "{sha256(TOKENS[name])}"
-operations = ["create", "get", "list", "delete"]
-rate_limit = {{ per_second = 100, burst = 100 }}
-{extra}
-"""
+    tenants = tenant("capped", extra="max_active_tasks = 3", token=TOKENS["capped"]) + tenant(
+        "budgeted", extra="budget = { daily_tokens = 200000 }", token=TOKENS["budgeted"]
+    )
+    store = f'backend = "redis"\nurl = "{redis_url}"\nkey_prefix = "sdk:"\n\n[rate_limit]\nbackend = "redis"'
     config.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-base_url = "{mock_upstream}"
-api_key_env = "SDK_TEST_ARK_KEY"
-allow_insecure_http = true
-[store]
-backend = "redis"
-url = "{redis_url}"
-key_prefix = "sdk:"
-[rate_limit]
-backend = "redis"
-[audit]
-sink = "file"
-path = "{work / 'audit.jsonl'}"
+        base_config(work, mock_upstream, store=store)
+        + f"""
 [pricing]
 [[pricing.model]]
 model = "{MODEL}"
