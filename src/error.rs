@@ -74,6 +74,8 @@ pub enum GatewayError {
     RateLimiterUnavailable,
     #[error("The upstream service could not be reached ({kind}).")]
     UpstreamUnavailable { kind: UpstreamFailure, fate_unknown: bool },
+    #[error("The upstream service could not be reached through the egress proxy {proxy}: {why}.")]
+    UpstreamProxyFailed { proxy: std::sync::Arc<str>, why: &'static str },
     #[error("The upstream service did not answer in time.")]
     UpstreamTimeout { fate_unknown: bool },
     #[error("The task ledger is unavailable; the request was not forwarded.")]
@@ -109,6 +111,8 @@ pub enum UpstreamFailure {
     ResponseTooLarge,
     #[error("bad request")]
     BadRequest,
+    #[error("proxy")]
+    Proxy,
 }
 
 impl UpstreamFailure {
@@ -118,6 +122,7 @@ impl UpstreamFailure {
             Self::Protocol => "protocol",
             Self::ResponseTooLarge => "response_too_large",
             Self::BadRequest => "request_build",
+            Self::Proxy => "proxy",
         }
     }
 }
@@ -253,11 +258,20 @@ impl GatewayError {
                     UpstreamFailure::Protocol => "upstream_protocol_error",
                     UpstreamFailure::ResponseTooLarge => "upstream_response_too_large",
                     UpstreamFailure::BadRequest => "upstream_request_build_failed",
+                    UpstreamFailure::Proxy => "upstream_proxy_failed",
                 },
                 "",
                 // A create that may have reached Ark must not be retried by the
                 // SDK: a second attempt would create (and bill) a second task.
                 if *fate_unknown { NoRetry } else { None },
+            ),
+            // Nothing was sent: the connection never reached Ark.
+            UpstreamProxyFailed { .. } => row(
+                StatusCode::BAD_GATEWAY,
+                "UpstreamUnavailable",
+                "upstream_proxy_failed",
+                "",
+                None,
             ),
             UpstreamTimeout { fate_unknown } => row(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -325,6 +339,7 @@ impl GatewayError {
         !matches!(
             self,
             GatewayError::UpstreamUnavailable { .. }
+                | GatewayError::UpstreamProxyFailed { .. }
                 | GatewayError::UpstreamTimeout { .. }
                 | GatewayError::OwnershipNotRecorded
         )

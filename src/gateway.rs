@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState, Health};
 use crate::audit::{AuditSink, AuditWriter};
 use crate::backend::redis::{Redis, RedisDown};
-use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend};
+use crate::config::{Config, ConfigError, RateLimitBackend, StoreBackend, UpstreamRoute};
 use crate::forward::{build_pool, Forward};
 use crate::ledger::{now_ms, Ledger, LedgerError, RedbLedger, RedisLedger, SweepBefore, IDEMPOTENCY_WINDOW};
 use crate::metrics::Metrics;
@@ -190,6 +190,15 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     tracing::info!(addr = %addr, tls = tls.is_some(), workers = workers.len(), "tenant listener ready");
+    match &config.upstream.route {
+        UpstreamRoute::Proxy(proxy) => tracing::info!(
+            proxy = %proxy.host_port(),
+            from = proxy.source,
+            credentials = proxy.credential.is_some(),
+            "upstream connections are tunnelled through the egress proxy (CONNECT)"
+        ),
+        UpstreamRoute::Direct(why) => tracing::info!(why = %why, "upstream connections are direct (no egress proxy)"),
+    }
     if let Some(admin) = admin_addr {
         tracing::info!(addr = %admin, "admin listener ready");
     }
@@ -333,9 +342,14 @@ fn background_tasks(
             config.store.retention,
             config.store.usage_retention,
         )),
+        // Behind an egress proxy, Ark is only reachable through it: the probe
+        // dials the proxy.
         tokio::spawn(admin::probe_upstream(
             health.clone(),
-            config.upstream.base_url.clone(),
+            match &config.upstream.route {
+                UpstreamRoute::Proxy(proxy) => proxy.address.clone(),
+                UpstreamRoute::Direct(_) => config.upstream.base_url.clone(),
+            },
             config.upstream.connect_timeout,
         )),
     ];

@@ -55,9 +55,77 @@ impl fmt::Display for ArkApiKey {
     }
 }
 
+/// The egress proxy's credentials (`upstream.proxy_credentials_file`, or the
+/// user info of a proxy URL from the environment), ready to be sent as
+/// `Proxy-Authorization: Basic …` on `CONNECT`. Printed as `[redacted]`.
+#[derive(Clone)]
+pub struct ProxyCredential {
+    authorization: HeaderValue,
+}
+
+impl ProxyCredential {
+    /// From one `user:password` line (surrounding white space removed).
+    pub fn from_secret_text(text: &str) -> Result<Self, ProxyCredentialError> {
+        let line = text.trim();
+        let (user, _) = line.split_once(':').ok_or(ProxyCredentialError::NoColon)?;
+        if user.is_empty() || line.contains(['\n', '\r']) {
+            return Err(ProxyCredentialError::NoColon);
+        }
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(line);
+        let mut authorization =
+            HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| ProxyCredentialError::NoColon)?;
+        authorization.set_sensitive(true);
+        Ok(Self { authorization })
+    }
+
+    /// An already encoded `Proxy-Authorization` value (kept sensitive).
+    pub(crate) fn from_header(mut authorization: HeaderValue) -> Self {
+        authorization.set_sensitive(true);
+        Self { authorization }
+    }
+
+    pub(crate) fn authorization_header(&self) -> HeaderValue {
+        self.authorization.clone()
+    }
+}
+
+/// Why proxy credentials were refused. Never carries them.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProxyCredentialError {
+    #[error("must be one line `user:password` (a non-empty user name, a colon, the password)")]
+    NoColon,
+}
+
+impl fmt::Debug for ProxyCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for ProxyCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_credentials_are_basic_sensitive_and_redacted() {
+        let credential = ProxyCredential::from_secret_text("egress:s3cret-canary\n").unwrap();
+        assert_eq!(format!("{credential:?} {credential}"), "[redacted] [redacted]");
+        let header = credential.authorization_header();
+        assert!(header.is_sensitive());
+        // base64("egress:s3cret-canary")
+        assert_eq!(header.to_str().unwrap(), "Basic ZWdyZXNzOnMzY3JldC1jYW5hcnk=");
+        for bad in ["", "no-colon", ":password-only", "a:b\nc:d"] {
+            let e = ProxyCredential::from_secret_text(bad).unwrap_err();
+            assert!(!e.to_string().contains("canary"));
+        }
+    }
 
     #[test]
     fn debug_and_display_never_show_the_key() {

@@ -21,6 +21,7 @@ use crate::rate_limit::{RateLimitLayer, RateLimits};
 use crate::reload::SharedSnapshot;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
+use crate::trace_context::TraceContextLayer;
 
 /// What the stack is built from.
 pub(crate) struct StackParts {
@@ -47,27 +48,31 @@ where
         // 1. Request id first, so every response (even a rescued rejection) and
         //    every audit record carries the gateway's id.
         .layer(RequestIdLayer)
-        // 2. The one place where rejections become Ark-shaped HTTP. Outside
+        // 2. Trace context next: the request's span (request and trace id on
+        //    every log line) covers everything after it, and every response,
+        //    a rescued rejection too, carries `traceparent` back.
+        .layer(TraceContextLayer)
+        // 3. The one place where rejections become Ark-shaped HTTP. Outside
         //    audit, so audit sees the typed error and its reason, not just a status.
         .layer(RescueLayer)
-        // 3. Audit (and request metrics) wrap everything that can decide, so
+        // 4. Audit (and request metrics) wrap everything that can decide, so
         //    denied, failed and forwarded requests all produce exactly one record.
         .layer(AuditLayer::new(
             parts.audit,
             parts.metrics.clone(),
             parts.on_audit_failure,
         ))
-        // 4. Authenticate before anything costs work; takes the request's
+        // 5. Authenticate before anything costs work; takes the request's
         //    configuration snapshot; strips the tenant token.
         .layer(AuthLayer::new(parts.shared.clone()))
-        // 5. Per-tenant rate limit: needs the tenant, and runs before any body
+        // 6. Per-tenant rate limit: needs the tenant, and runs before any body
         //    is read, so a tenant over its limit is cheap to refuse.
         .layer(RateLimitLayer::new(parts.rate_limits))
-        // 6. Route + task-id policy: the only layer that reads bodies and
+        // 7. Route + task-id policy: the only layer that reads bodies and
         //    decides which ids a request may touch.
         .layer(PolicyLayer::new(parts.shared.clone(), parts.ledger, parts.metrics))
-        // 7. Only now, with the request fully allowed, attach the Ark key.
+        // 8. Only now, with the request fully allowed, attach the Ark key.
         .layer(InjectCredentialLayer::new(parts.shared))
-        // 8. Forward to Ark, within the global in-flight limit.
+        // 9. Forward to Ark, within the global in-flight limit.
         .service(parts.forward)
 }

@@ -91,7 +91,7 @@ rate_limit = {{ per_second = 1 }}
 "#,
         "ab".repeat(32)
     );
-    Config::from_toml_str(&text, &|_| Some("sk-x".to_string()))
+    Config::from_toml_str(&text, &|name| (name == "K").then(|| "sk-x".to_string()))
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn spend_settings_are_checked_with_their_keys() {
 
 fn tenants_config(tenants: &str) -> Result<Config, ark_gateway::config::ConfigError> {
     let text = format!("[upstream]\nbase_url = \"https://ark.example/api/v3\"\napi_key_env = \"K\"\n{tenants}");
-    Config::from_toml_str(&text, &|_| Some("sk-x".to_string()))
+    Config::from_toml_str(&text, &|name| (name == "K").then(|| "sk-x".to_string()))
 }
 
 fn tenant_with(name: &str, tokens: &str) -> String {

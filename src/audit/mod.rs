@@ -12,7 +12,7 @@ mod note;
 mod record;
 mod service;
 mod sink;
-mod timestamp;
+pub(crate) mod timestamp;
 
 pub use layer::AuditLayer;
 pub use note::{AuditFacts, AuditNote};

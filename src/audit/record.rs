@@ -19,6 +19,10 @@ pub struct AuditRecord<S = String> {
     /// RFC 3339, UTC, milliseconds.
     pub ts: S,
     pub request_id: S,
+    /// The W3C trace id (32 hex digits) the request belongs to: the tenant's
+    /// `traceparent`, or a trace the gateway started.
+    #[serde(default)]
+    pub trace_id: Option<S>,
     pub tenant: Option<S>,
     /// The token's name in the config (`null` for `token_sha256`, mTLS and
     /// unauthenticated requests).
@@ -49,6 +53,8 @@ impl<S: AsRef<str>> AuditRecord<S> {
         string(out, &self.ts);
         out.extend_from_slice(b",\"request_id\":");
         string(out, &self.request_id);
+        out.extend_from_slice(b",\"trace_id\":");
+        optional(out, self.trace_id.as_ref());
         out.extend_from_slice(b",\"tenant\":");
         optional(out, self.tenant.as_ref());
         out.extend_from_slice(b",\"token_name\":");
@@ -121,6 +127,7 @@ mod tests {
         AuditRecord {
             ts: "2026-11-29T18:00:00.000Z",
             request_id: text,
+            trace_id: some.then_some(text),
             tenant: some.then_some(text),
             token_name: some.then_some(text),
             method: "GET",
@@ -178,6 +185,7 @@ mod tests {
         let borrowed = AuditRecord {
             ts: "2026-11-29T18:00:00.000Z",
             request_id: "0123456789abcdef0000000000000001",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             tenant: Some("team-a"),
             token_name: Some("ci"),
             method: "GET",

@@ -14,6 +14,7 @@ use crate::error::{GatewayError, GatewayResponse};
 use crate::metrics::WorkerMetrics;
 use crate::request_id::RequestId;
 use crate::server::RemoteAddr;
+use crate::trace_context::TraceContext;
 
 #[derive(Debug, Clone)]
 pub struct AuditService<S> {
@@ -41,6 +42,7 @@ where
         let note = AuditNote::default();
         req.extensions_mut().insert(note.clone());
         let request_id = req.extensions().get::<RequestId>().cloned();
+        let trace = req.extensions().get::<TraceContext>().cloned();
         let remote_addr = req.extensions().get::<RemoteAddr>().cloned();
         let method = req.method().clone();
         let client_request_id = super::recorded_id(req.headers(), &super::X_CLIENT_REQUEST_ID);
@@ -89,6 +91,7 @@ where
             let record = AuditRecord {
                 ts: timestamp::rfc3339_millis(SystemTime::now(), &mut ts),
                 request_id: request_id.as_ref().map_or("", RequestId::as_str),
+                trace_id: trace.as_ref().map(TraceContext::trace_id),
                 tenant: facts.tenant.as_ref().map(|t| t.as_str()),
                 token_name: facts.token_name.as_deref(),
                 method: method.as_str(),

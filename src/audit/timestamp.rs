@@ -7,12 +7,12 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `2026-11-29T18:00:00.000Z`
-pub(super) const LEN: usize = 24;
+pub(crate) const LEN: usize = 24;
 /// `2026-11-29T18:00:00`
 const SECONDS_LEN: usize = 19;
 
 /// Renders `now` into `buf` and returns the text.
-pub(super) fn rfc3339_millis(now: SystemTime, buf: &mut [u8; LEN]) -> &str {
+pub(crate) fn rfc3339_millis(now: SystemTime, buf: &mut [u8; LEN]) -> &str {
     thread_local! {
         /// The last whole second this thread rendered, and its text.
         static LAST: Cell<(u64, [u8; SECONDS_LEN])> = const { Cell::new((u64::MAX, [0; SECONDS_LEN])) };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use ark_gateway::demo;
 
 pub fn run(listen: SocketAddr) -> ExitCode {
-    super::init_logging();
+    super::init_logging(Default::default());
     super::runtime().block_on(async {
         match demo::start(listen).await {
             Ok((mock, gateway)) => {

@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    super::init_logging();
+    super::init_logging(Default::default());
     super::runtime().block_on(async {
         let listener = match TcpListener::bind(args.listen).await {
             Ok(l) => l,

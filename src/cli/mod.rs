@@ -78,16 +78,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The diagnostic log: stderr, `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
+/// The diagnostic log: stderr, `RUST_LOG` (default `info`), text unless the
+/// config says `[log] format = "json"`.
+fn init_logging(format: ark_gateway::config::LogFormat) {
+    ark_gateway::log::init(format);
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -7,7 +7,6 @@ use ark_gateway::config::Config;
 use ark_gateway::gateway;
 
 pub fn run(path: PathBuf) -> ExitCode {
-    super::init_logging();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -18,6 +17,7 @@ pub fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    super::init_logging(config.log);
     super::runtime().block_on(async {
         let running = match gateway::start(config, Some(path)).await {
             Ok(running) => running,

@@ -50,6 +50,7 @@ pub struct Config {
     pub rate_limit: RateLimitBackend,
     pub pricing: PricingConfig,
     pub reconcile: ReconcileConfig,
+    pub log: LogFormat,
     pub tenants: Vec<TenantConfig>,
     /// Accepted, but worth a look (`check` prints them): a token already expired.
     pub warnings: Vec<ConfigProblem>,
@@ -135,6 +136,42 @@ pub struct UpstreamConfig {
     pub max_active_tasks: Option<u64>,
     /// The ALPN offer to a TLS upstream (`upstream.protocols`).
     pub protocols: UpstreamProtocols,
+    /// Directly, or tunnelled through an egress proxy.
+    pub route: UpstreamRoute,
+}
+
+/// How connections to Ark are made.
+#[derive(Debug, Clone)]
+pub enum UpstreamRoute {
+    /// Straight to Ark; the text says why no proxy applies (for the start log).
+    Direct(String),
+    Proxy(UpstreamProxy),
+}
+
+/// An HTTP proxy that tunnels every upstream connection with `CONNECT`.
+#[derive(Debug, Clone)]
+pub struct UpstreamProxy {
+    /// `http://host:port`, never with credentials: safe to log and to name in errors.
+    pub address: Uri,
+    pub credential: Option<crate::secret::ProxyCredential>,
+    /// Where it came from: `upstream.proxy` or the environment variable's name.
+    pub source: &'static str,
+}
+
+impl UpstreamProxy {
+    /// `host:port`, for messages.
+    pub fn host_port(&self) -> String {
+        self.address.authority().map_or_else(String::new, |a| a.to_string())
+    }
+}
+
+/// The diagnostic log's format (`[log] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which HTTP versions the gateway offers Ark (ALPN); at least one.

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub pricing: Option<RawPricing>,
     #[serde(default)]
     pub reconcile: RawReconcile,
+    #[serde(default)]
+    pub log: RawLog,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<RawTenant>,
 }
@@ -72,6 +74,14 @@ pub struct RawUpstream {
     pub requests_burst: Option<i64>,
     pub max_active_tasks: Option<i64>,
     pub protocols: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub proxy_credentials_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -263,6 +263,16 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
                 }
             }
         },
+        route: match &base_url {
+            Some(base) => upstream_route(
+                &mut p,
+                base,
+                up.proxy.as_deref(),
+                up.proxy_credentials_file.as_deref(),
+                env,
+            ),
+            None => UpstreamRoute::Direct(String::new()),
+        },
         max_active_tasks: up
             .max_active_tasks
             .map(|n| p.positive("upstream.max_active_tasks", Some(n), 1, 1_000_000_000) as u64),
@@ -407,6 +417,14 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         || tenants
             .iter()
             .any(|t| !t.budget.is_empty() || t.max_active_tasks.is_some());
+    let log = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push("log.format", format!("{other:?} is not one of \"text\", \"json\""));
+            LogFormat::Text
+        }
+    };
     let reconcile = ReconcileConfig {
         enabled: raw.reconcile.enabled.unwrap_or(governed),
         interval: p.duration("reconcile.interval", raw.reconcile.interval.as_deref(), "15s"),
@@ -439,6 +457,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             rate_limit,
             pricing,
             reconcile,
+            log,
             tenants,
             warnings,
         })
@@ -546,6 +565,144 @@ fn validate_base_url(p: &mut Problems, raw: Option<&str>, allow_insecure_http: b
                 uri
             }
         })
+}
+
+/// `upstream.proxy` (with `upstream.proxy_credentials_file`), else the
+/// environment the way curl reads it: `https_proxy`/`HTTPS_PROXY` for an https
+/// upstream, `http_proxy` (lower case only) for http, `all_proxy`/`ALL_PROXY`
+/// for either, unless `no_proxy`/`NO_PROXY` names the upstream's host.
+fn upstream_route(
+    p: &mut Problems,
+    base: &Uri,
+    proxy: Option<&str>,
+    credentials_file: Option<&str>,
+    env: EnvLookup<'_>,
+) -> UpstreamRoute {
+    const KEY: &str = "upstream.proxy";
+    const FILE_KEY: &str = "upstream.proxy_credentials_file";
+    let credential = credentials_file.and_then(|path| match std::fs::read_to_string(path) {
+        Ok(text) => crate::secret::ProxyCredential::from_secret_text(&text)
+            .map_err(|e| p.push(FILE_KEY, format!("{path}: {e}")))
+            .ok(),
+        Err(e) => {
+            p.push(FILE_KEY, format!("cannot read {path}: {}", e.kind()));
+            None
+        }
+    });
+    if let Some(text) = proxy {
+        return match proxy_address(text) {
+            Ok((address, None)) => UpstreamRoute::Proxy(UpstreamProxy {
+                address,
+                credential,
+                source: KEY,
+            }),
+            Ok((_, Some(_))) => {
+                p.push(
+                    KEY,
+                    "must not hold credentials: put `user:password` in upstream.proxy_credentials_file",
+                );
+                UpstreamRoute::Direct(String::new())
+            }
+            Err(why) => {
+                p.push(KEY, why);
+                UpstreamRoute::Direct(String::new())
+            }
+        };
+    }
+    if credentials_file.is_some() {
+        p.push(FILE_KEY, "only applies with upstream.proxy");
+    }
+    let first = |names: &[&'static str]| {
+        names
+            .iter()
+            .find_map(|&name| env(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+    };
+    let https = base.scheme_str() == Some("https");
+    let chosen = if https {
+        first(&["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"])
+    } else {
+        first(&["http_proxy", "all_proxy", "ALL_PROXY"])
+    };
+    let Some((name, value)) = chosen else {
+        let looked = if https { "https_proxy" } else { "http_proxy" };
+        return UpstreamRoute::Direct(format!("upstream.proxy and {looked} are not set"));
+    };
+    let host = base.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    // A loopback upstream (a local mock, an egress sidecar) is never sent to
+    // an environment's proxy, as Go's and most clients' proxy rules do.
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return UpstreamRoute::Direct(format!("{host} is a loopback address, so {name} does not apply"));
+    }
+    if let Some((no_name, list)) = first(&["no_proxy", "NO_PROXY"]) {
+        let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+            .https("http://proxy.invalid")
+            .http("http://proxy.invalid")
+            .no(list)
+            .build();
+        if matcher.intercept(base).is_none() {
+            return UpstreamRoute::Direct(format!("{no_name} names {host}, so {name} does not apply"));
+        }
+    }
+    match proxy_address(&value) {
+        Ok((address, user_info)) => UpstreamRoute::Proxy(UpstreamProxy {
+            address,
+            credential: user_info.map(crate::secret::ProxyCredential::from_header),
+            source: name,
+        }),
+        Err(why) => {
+            // The value may hold credentials: only its problem is reported.
+            p.push(KEY, format!("the environment variable {name}: {why}"));
+            UpstreamRoute::Direct(String::new())
+        }
+    }
+}
+
+/// An `http://host[:port]` proxy URL (port 1080 if none, as curl) and, where
+/// it holds user info, that as a `Basic` header value. A reason never quotes
+/// the URL, which may hold a password.
+fn proxy_address(text: &str) -> Result<(Uri, Option<http::HeaderValue>), String> {
+    let text = text.trim();
+    // curl takes a bare `host:port` as http.
+    let text = match text.contains("://") {
+        true => text.to_string(),
+        false => format!("http://{text}"),
+    };
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| "is not a URL (expected http://host:port)".to_string())?;
+    if uri.scheme_str() != Some("http") {
+        return Err("must be an http:// proxy URL (the tunnel to Ark carries TLS of its own)".into());
+    }
+    let authority = uri.authority().ok_or("has no host")?;
+    let host = authority.host();
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err("must have no path or query".into());
+    }
+    let user_info = authority.as_str().rsplit_once('@').map(|(info, _)| info.to_string());
+    let port = uri.port_u16().unwrap_or(1080);
+    let address: Uri = format!("http://{host}:{port}")
+        .parse()
+        .map_err(|_| "has no valid host".to_string())?;
+    let user_info = match user_info {
+        None => None,
+        Some(info) => {
+            let decoded = |part: &str| {
+                percent_encoding::percent_decode_str(part)
+                    .decode_utf8()
+                    .map(|text| text.into_owned())
+                    .map_err(|_| "has user info that is not valid percent-encoded UTF-8".to_string())
+            };
+            let (user, password) = info.split_once(':').unwrap_or((&info, ""));
+            let line = format!("{}:{}", decoded(user)?, decoded(password)?);
+            let credential = crate::secret::ProxyCredential::from_secret_text(&line).map_err(|e| e.to_string())?;
+            Some(credential.authorization_header())
+        }
+    };
+    Ok((address, user_info))
 }
 
 fn load_api_key(p: &mut Problems, env_name: Option<&str>, file: Option<&str>, env: EnvLookup<'_>) -> Option<ArkApiKey> {
@@ -1076,7 +1233,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_reported_with_every_other_problem_and_a_suggestion() {
         let text = "[server]\nlistn = \"127.0.0.1:1\"\nworkers = 0\n\n[upstream]\nbase_url = \"https://x\"\napi_key_env = \"K\"\n\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"00\"\nrate_limit = { per_second = 1, brust = 2 }\n";
-        let err = crate::config::Config::from_toml_str(text, &|_| Some("key".into())).unwrap_err();
+        let err = crate::config::Config::from_toml_str(text, &|name| (name == "K").then(|| "key".into())).unwrap_err();
         let shown = err.to_string();
         assert!(
             shown.contains("server.listn: unknown key; did you mean `listen`?"),
@@ -1097,5 +1254,112 @@ mod tests {
             redact_string_values(r#"invalid type: string "abc", expected i64; string "d""#),
             "invalid type: a string, expected i64; a string"
         );
+    }
+
+    fn route_of(base: &str, upstream_extra: &str, env: &[(&str, &str)]) -> Result<UpstreamRoute, String> {
+        let text = format!(
+            "[upstream]\nbase_url = \"{base}\"\napi_key_env = \"K\"\nallow_insecure_http = true\n{upstream_extra}\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n"
+        );
+        let lookup = |name: &str| {
+            (name == "K")
+                .then(|| "sk-1".to_string())
+                .or_else(|| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+        };
+        crate::config::Config::from_toml_str(&text, &lookup)
+            .map(|c| c.upstream.route)
+            .map_err(|e| e.to_string())
+    }
+
+    fn proxied(route: Result<UpstreamRoute, String>) -> (String, &'static str, bool) {
+        match route {
+            Ok(UpstreamRoute::Proxy(p)) => (p.address.to_string(), p.source, p.credential.is_some()),
+            other => panic!("expected a proxy: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_proxy_key_wins_and_never_holds_credentials() {
+        let ark = "https://ark.example/api/v3";
+        let env = [("https_proxy", "http://env-proxy:3128")];
+        assert_eq!(
+            proxied(route_of(ark, "proxy = \"http://egress.internal:3128\"", &env)),
+            ("http://egress.internal:3128/".into(), "upstream.proxy", false)
+        );
+        assert_eq!(proxied(route_of(ark, "proxy = \"egress:8080\"", &[])).0, "http://egress:8080/");
+        assert_eq!(proxied(route_of(ark, "proxy = \"http://egress\"", &[])).0, "http://egress:1080/");
+        let inline = route_of(ark, "proxy = \"http://user:pw-canary@egress:3128\"", &[]).unwrap_err();
+        assert!(inline.contains("upstream.proxy") && inline.contains("proxy_credentials_file"), "{inline}");
+        assert!(!inline.contains("canary"), "{inline}");
+        for bad in ["https://egress:3128", "socks5://egress:1080", "http://egress:3128/path", "http://"] {
+            let e = route_of(ark, &format!("proxy = \"{bad}\""), &[]).unwrap_err();
+            assert!(e.contains("upstream.proxy"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_come_from_a_file_and_only_with_a_proxy() {
+        let ark = "https://ark.example/api/v3";
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "egress:pw-canary\n").unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "pw-canary-without-user\n").unwrap();
+        let with = |file: &std::path::Path| format!("proxy = \"http://egress:3128\"\nproxy_credentials_file = \"{}\"", file.display());
+        assert!(proxied(route_of(ark, &with(&good), &[])).2);
+        let e = route_of(ark, &with(&bad), &[]).unwrap_err();
+        assert!(e.contains("upstream.proxy_credentials_file") && !e.contains("canary"), "{e}");
+        let e = route_of(ark, &with(&dir.path().join("missing")), &[]).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        let e = route_of(ark, &format!("proxy_credentials_file = \"{}\"", good.display()), &[]).unwrap_err();
+        assert!(e.contains("only applies with upstream.proxy"), "{e}");
+    }
+
+    #[test]
+    fn without_the_key_the_environment_is_read_as_curl_reads_it() {
+        let ark = "https://ark.example/api/v3";
+        let http = "http://mock.internal:8080/api/v3";
+        // https: the lower-case name first, then the upper-case one, then all_proxy.
+        let both = [("https_proxy", "http://lower:1"), ("HTTPS_PROXY", "http://upper:2")];
+        assert_eq!(proxied(route_of(ark, "", &both)), ("http://lower:1/".into(), "https_proxy", false));
+        assert_eq!(proxied(route_of(ark, "", &both[1..])).1, "HTTPS_PROXY");
+        assert_eq!(proxied(route_of(ark, "", &[("ALL_PROXY", "http://all:3")])).1, "ALL_PROXY");
+        // http: only the lower-case http_proxy (HTTP_PROXY can be set by a CGI request header).
+        assert_eq!(proxied(route_of(http, "", &[("http_proxy", "http://p:4")])).1, "http_proxy");
+        assert!(matches!(route_of(http, "", &[("HTTP_PROXY", "http://p:4")]), Ok(UpstreamRoute::Direct(_))));
+        assert!(matches!(route_of(http, "", &[("https_proxy", "http://p:4")]), Ok(UpstreamRoute::Direct(_))));
+        // User info in an environment proxy URL is its credential.
+        assert!(proxied(route_of(ark, "", &[("https_proxy", "http://u:p%40ss@p:5")])).2);
+        // no_proxy by domain suffix, and loopback never proxied.
+        for no in ["ark.example", ".example", "*", "other.test, example"] {
+            let env = [("https_proxy", "http://p:6"), ("no_proxy", no)];
+            match route_of(ark, "", &env) {
+                Ok(UpstreamRoute::Direct(why)) => assert!(why.contains("no_proxy"), "{why}"),
+                other => panic!("no_proxy = {no}: {other:?}"),
+            }
+        }
+        let env = [("https_proxy", "http://p:6"), ("NO_PROXY", "notark.example")];
+        assert_eq!(proxied(route_of(ark, "", &env)).1, "https_proxy");
+        let local = [("http_proxy", "http://p:7")];
+        for base in ["http://127.0.0.1:9/api/v3", "http://localhost:9/api/v3", "http://[::1]:9/api/v3"] {
+            assert!(matches!(route_of(base, "", &local), Ok(UpstreamRoute::Direct(_))), "{base}");
+        }
+        match route_of(ark, "", &[]) {
+            Ok(UpstreamRoute::Direct(why)) => assert!(why.contains("https_proxy are not set"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A bad value in the environment is reported without its text.
+        let e = route_of(ark, "", &[("https_proxy", "https://u:pw-canary@p:8")]).unwrap_err();
+        assert!(e.contains("https_proxy") && !e.contains("canary"), "{e}");
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        let base = "[upstream]\nbase_url = \"https://x\"\napi_key_env = \"K\"\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\noperations = [\"get\"]\nrate_limit = { per_second = 1 }\n";
+        let env = |name: &str| (name == "K").then(|| "k".to_string());
+        let format = |extra: &str| crate::config::Config::from_toml_str(&format!("{base}{extra}"), &env).map(|c| c.log);
+        assert_eq!(format("").unwrap(), LogFormat::Text);
+        assert_eq!(format("[log]\nformat = \"json\"\n").unwrap(), LogFormat::Json);
+        let e = format("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(e.contains("log.format"), "{e}");
     }
 }

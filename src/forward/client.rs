@@ -4,11 +4,13 @@ use std::time::Duration;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use super::dial::Dial;
 use super::pool::UpstreamPool;
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamRoute};
 
 /// Builds one worker's connection pool: webpki roots plus `upstream.ca_file`,
-/// connect time-out, and HTTPS only unless `allow_insecure_http` (a local mock).
+/// connect time-out, the egress proxy if any, and HTTPS only unless
+/// `allow_insecure_http` (a local mock).
 pub fn build_pool(config: &UpstreamConfig) -> Result<UpstreamPool, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -27,6 +29,13 @@ pub fn build_pool(config: &UpstreamConfig) -> Result<UpstreamPool, rustls::Error
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
+    let dial = Dial::new(
+        http,
+        match &config.route {
+            UpstreamRoute::Proxy(proxy) => Some(proxy),
+            UpstreamRoute::Direct(_) => None,
+        },
+    );
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
     let builder = if config.allow_insecure_http {
         builder.https_or_http()
@@ -36,9 +45,9 @@ pub fn build_pool(config: &UpstreamConfig) -> Result<UpstreamPool, rustls::Error
     // The ALPN offer follows `upstream.protocols`: pinning HTTP/1.1 is for
     // middleboxes that break HTTP/2.
     let connector = match (config.protocols.http2, config.protocols.http1) {
-        (true, true) => builder.enable_http1().enable_http2().wrap_connector(http),
-        (true, false) => builder.enable_http2().wrap_connector(http),
-        _ => builder.enable_http1().wrap_connector(http),
+        (true, true) => builder.enable_http1().enable_http2().wrap_connector(dial),
+        (true, false) => builder.enable_http2().wrap_connector(dial),
+        _ => builder.enable_http1().wrap_connector(dial),
     };
     // Shorter than the usual server-side keep-alive time-outs (60 s and more),
     // so that the pool rarely offers a connection the upstream is about to close.

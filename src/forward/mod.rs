@@ -6,9 +6,11 @@
 //! never queued: a queue here would only hide an overloaded upstream quota.
 
 mod client;
+mod dial;
 mod pool;
 mod service;
 
 pub use client::build_pool;
+pub use dial::ProxyError;
 pub use pool::{ExchangeError, UpstreamPool};
 pub use service::{upstream_target, upstream_uri, Forward};

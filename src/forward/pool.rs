@@ -18,7 +18,9 @@ use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::Connection;
+
+use super::dial::Dial;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
@@ -34,6 +36,9 @@ pub enum ExchangeError {
     /// The connection broke or the answer was not valid HTTP.
     #[error("upstream exchange failed: {0}")]
     Protocol(BoxError),
+    /// The egress proxy would not carry the connection: nothing was sent.
+    #[error("{0}")]
+    Proxy(super::ProxyError),
     /// The answer's body was over `upstream.max_response_bytes`.
     #[error("upstream response over the size limit")]
     ResponseTooLarge { status: http::StatusCode },
@@ -51,7 +56,7 @@ struct Idle {
 
 /// A worker's pool of upstream connections.
 pub struct UpstreamPool {
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<Dial>,
     /// Scheme and authority of the upstream: what a request in origin form
     /// (the forwarding path sends those) is connected to, and completed
     /// with for HTTP/2.
@@ -65,7 +70,7 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, base: &Uri, idle_timeout: Duration, max_idle: usize) -> Self {
+    pub(crate) fn new(connector: HttpsConnector<Dial>, base: &Uri, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             connector,
             origin: (
@@ -236,7 +241,10 @@ impl UpstreamPool {
             .clone()
             .oneshot(uri)
             .await
-            .map_err(ExchangeError::Connect)?;
+            .map_err(|e| match e.downcast::<super::ProxyError>() {
+                Ok(proxy) => ExchangeError::Proxy(*proxy),
+                Err(e) => ExchangeError::Connect(e),
+            })?;
         let http2 = io.connected().is_negotiated_h2();
         tracing::debug!(http2, "connected to the upstream");
         if http2 {
@@ -337,7 +345,7 @@ mod tests {
 
     fn pool_for(base: &str) -> UpstreamPool {
         let text = format!("[upstream]\nbase_url = \"{base}\"\napi_key_env = \"K\"\nallow_insecure_http = true\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"{}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n", "0".repeat(64));
-        let config = Config::from_toml_str(&text, &|_| Some("k".into())).unwrap();
+        let config = Config::from_toml_str(&text, &|name| (name == "K").then(|| "k".into())).unwrap();
         crate::forward::build_pool(&config.upstream).unwrap()
     }
 
@@ -447,7 +455,7 @@ mod tests {
 
     fn tls_pool_for(base: &str, ca_file: &std::path::Path) -> UpstreamPool {
         let text = format!("[upstream]\nbase_url = \"{base}\"\napi_key_env = \"K\"\nca_file = \"{}\"\n[[tenant]]\nname = \"a\"\ntoken_sha256 = \"{}\"\noperations = [\"get\"]\nrate_limit = {{ per_second = 1 }}\n", ca_file.display(), "0".repeat(64));
-        let config = Config::from_toml_str(&text, &|_| Some("k".into())).unwrap();
+        let config = Config::from_toml_str(&text, &|name| (name == "K").then(|| "k".into())).unwrap();
         crate::forward::build_pool(&config.upstream).unwrap()
     }
 

@@ -127,6 +127,7 @@ fn failure_kind(e: &ExchangeError) -> UpstreamFailure {
         ExchangeError::Connect(_) => UpstreamFailure::Connect,
         ExchangeError::Protocol(_) => UpstreamFailure::Protocol,
         ExchangeError::ResponseTooLarge { .. } => UpstreamFailure::ResponseTooLarge,
+        ExchangeError::Proxy(_) => UpstreamFailure::Proxy,
     }
 }
 
@@ -245,6 +246,12 @@ impl Service<Request<Bytes>> for Forward {
                         ),
                         _ => tracing::warn!(kind = kind.as_str(), error = %e, "upstream request failed"),
                     }
+                    if let ExchangeError::Proxy(proxy) = e {
+                        return GatewayError::UpstreamProxyFailed {
+                            proxy: proxy.proxy,
+                            why: proxy.why,
+                        };
+                    }
                     GatewayError::UpstreamUnavailable {
                         kind,
                         // Nothing was sent if the connection never came up.
@@ -267,6 +274,7 @@ impl Service<Request<Bytes>> for Forward {
                 Ok(Err(e)) => {
                     let kind = match &e {
                         GatewayError::UpstreamUnavailable { kind, .. } => kind.as_str(),
+                        GatewayError::UpstreamProxyFailed { .. } => UpstreamFailure::Proxy.as_str(),
                         _ => "other",
                     };
                     shared

@@ -7,6 +7,7 @@ use tower::Service;
 
 use super::outbound_headers;
 use crate::reload::{SharedSnapshot, Snapshot};
+use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 #[derive(Clone)]
 pub(crate) struct InjectCredentialService<S> {
@@ -37,8 +38,16 @@ where
             Some(snapshot) => snapshot.api_key.authorization_header(),
             None => self.shared.load().api_key.authorization_header(),
         };
+        let trace = req.extensions().get::<TraceContext>().map(|t| (t.traceparent(), t.continued()));
         let headers = req.headers_mut();
         outbound_headers(headers);
+        // Ark sees the gateway's span as the parent; a new trace has no state.
+        if let Some((traceparent, continued)) = trace {
+            headers.insert(TRACEPARENT.clone(), traceparent);
+            if !continued {
+                headers.remove(&TRACESTATE);
+            }
+        }
         headers.insert(AUTHORIZATION, key);
         self.inner.call(req)
     }

@@ -377,6 +377,7 @@ mod tests {
         AuditRecord {
             ts: "2026-11-29T18:00:00.000Z".into(),
             request_id: format!("request-{n}"),
+            trace_id: None,
             tenant: Some("alpha".into()),
             token_name: None,
             method: "GET".into(),
