@@ -24,6 +24,51 @@ fn write_config(dir: &Path, base_url: &str, audit_stdout: bool) -> std::path::Pa
     path
 }
 
+/// `[log] format = "json"`: every diagnostic line is one JSON object, and a
+/// line logged inside a request names its request id and trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_and_trace_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the forward logs a warning inside the request.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut text = config_text(&format!("http://{gone}/api/v3"), dir.path(), "", &default_tenants());
+    text.push_str("\n[log]\nformat = \"json\"\n");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, text).unwrap();
+    let gateway = GatewayProcess::spawn(&config, &[("TEST_ARK_KEY", UPSTREAM_KEY), ("RUST_LOG", "info")]);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
+    let auth = format!("Bearer {ALPHA}");
+    let headers = [("Authorization", auth.as_str()), ("traceparent", traceparent.as_str())];
+    let failed = request(gateway.addr, "POST", TASKS, &headers, CREATE_BODY.as_bytes()).await;
+    assert_eq!(failed.status, 502);
+    let request_id = failed.header("x-gateway-request-id").unwrap().to_string();
+    gateway.signal("TERM");
+    let (code, _, stderr) = gateway.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line[field].is_string(), "{field} missing: {line}");
+        }
+    }
+    let warning = lines
+        .iter()
+        .find(|l| l["message"] == "upstream request failed")
+        .unwrap_or_else(|| panic!("no upstream warning:\n{stderr}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["kind"], "connect");
+    assert_eq!(warning["request_id"], request_id.as_str());
+    assert_eq!(warning["trace_id"], trace);
+    // Lines outside any request have no ids.
+    let ready = lines.iter().find(|l| l["message"] == "tenant listener ready").unwrap();
+    assert!(ready.get("request_id").is_none());
+}
+
 #[test]
 fn check_reports_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();

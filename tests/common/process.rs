@@ -21,7 +21,11 @@ pub struct GatewayProcess {
     stdout_reader: Option<JoinHandle<String>>,
 }
 
+/// The `addr` field of a text or a JSON log line.
 fn addr_in(line: &str) -> SocketAddr {
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) {
+        return fields["addr"].as_str().unwrap().parse().unwrap();
+    }
     line.split("addr=")
         .nth(1)
         .unwrap()
