@@ -81,23 +81,39 @@ pub(crate) struct AdminState {
     pub limiter_redis: Option<Arc<crate::backend::redis::Redis>>,
     /// The live configuration (tenants, budgets, prices), for `/usage` and the spend gauges.
     pub shared: crate::reload::SharedSnapshot,
+    /// Whether the audit trail still writes (a metric, not a readiness check:
+    /// reads go on while it fails, per `audit.on_failure`).
+    pub audit: crate::audit::AuditHealth,
     /// `admin.token_sha256`.
     pub token_sha256: Option<[u8; 32]>,
     pub metrics_public: bool,
 }
 
-/// Whether the request carries the admin token (`Authorization: Bearer …`),
-/// compared in constant time by digest.
+/// Whether the request carries the admin token, as `Authorization: Bearer
+/// <token>` (scripts) or as the password of Basic auth with any user name
+/// (a browser), compared in constant time by digest.
 fn has_admin_token<B>(req: &Request<B>, expected: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return false;
     };
-    let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
+    let value = value.as_bytes();
+    let token = if let Some(token) = value.strip_prefix(b"Bearer ") {
+        token.to_vec()
+    } else if let Some(encoded) = value.strip_prefix(b"Basic ") {
+        use base64::Engine;
+        let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+            return false;
+        };
+        match pair.iter().position(|&b| b == b':') {
+            Some(colon) => pair[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
         return false;
     };
-    bool::from(crate::tenant::token_sha256(token).ct_eq(expected))
+    bool::from(crate::tenant::token_sha256(&token).ct_eq(expected))
 }
 
 /// Who may see a path: the probes are open to anyone (kubelet has no token);
@@ -109,8 +125,10 @@ fn refused<B>(state: &AdminState, req: &Request<B>) -> Option<GatewayError> {
         return None;
     }
     match &state.token_sha256 {
-        None if path == "/usage" => Some(GatewayError::AdminTokenNotConfigured),
+        None if matches!(path, "/usage" | "/ui") => Some(GatewayError::AdminTokenNotConfigured),
         None => None,
+        // A browser asks for the password only when challenged (`WWW-Authenticate: Basic`).
+        Some(token) if path == "/ui" && !has_admin_token(req, token) => Some(GatewayError::AdminPageCredentialRequired),
         Some(_) if path == "/metrics" && state.metrics_public => None,
         Some(token) if has_admin_token(req, token) => None,
         Some(_) if req.headers().contains_key(header::AUTHORIZATION) => Some(GatewayError::UnknownCredential),
@@ -118,19 +136,48 @@ fn refused<B>(state: &AdminState, req: &Request<B>) -> Option<GatewayError> {
     }
 }
 
+/// `/readyz`'s checks, in order, and whether all pass.
+async fn readiness(state: &AdminState) -> ([(&'static str, bool); 5], bool) {
+    let ledger = state.ledger.check().await;
+    let limiter = match &state.limiter_redis {
+        Some(redis) => redis.ping().await,
+        None => true,
+    };
+    let checks = [
+        ("config", true),
+        ("ledger", ledger.is_ok()),
+        ("rate_limiter", limiter),
+        ("upstream", state.health.upstream_fresh()),
+        ("not_draining", !state.health.draining()),
+    ];
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    (checks, ready)
+}
+
 /// Sets the gauges of shared state (active tasks, budget left) from the ledger.
 async fn refresh_spend_gauges(state: &AdminState) {
     let snapshot = state.shared.load_full();
     let now = now_ms();
+    if let Ok(active) = state.ledger.account_active().await {
+        state.metrics.set_account_active_tasks(active, snapshot.spend.account_max_active);
+    }
     for tenant in snapshot.tenants.iter() {
         let Ok(counts) = state.ledger.tenant_counts(tenant.name.as_str(), now).await else {
             return;
         };
         state.metrics.set_active_tasks(&tenant.name, counts.active);
+        if let Some(limit) = tenant.max_active_tasks {
+            state.metrics.set_active_tasks_limit(&tenant.name, limit);
+        }
         for window in crate::spend::Window::ALL {
             let Some(limit) = window.limit(&tenant.budget) else {
                 continue;
             };
+            let as_amount = |n: u64| match window.is_cost() {
+                true => crate::spend::micros_to_amount(n),
+                false => n as f64,
+            };
+            state.metrics.set_budget_limit(&tenant.name, window.as_str(), as_amount(limit));
             let totals = if window.is_daily() { &counts.day } else { &counts.month };
             let left = limit.saturating_sub(totals.committed(window));
             let left = if window.is_cost() {
@@ -162,19 +209,7 @@ pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Resp
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let ledger = state.ledger.check().await;
-            let limiter = match &state.limiter_redis {
-                Some(redis) => redis.ping().await,
-                None => true,
-            };
-            let checks = [
-                ("config", true),
-                ("ledger", ledger.is_ok()),
-                ("rate_limiter", limiter),
-                ("upstream", state.health.upstream_fresh()),
-                ("not_draining", !state.health.draining()),
-            ];
-            let ready = checks.iter().all(|(_, ok)| *ok);
+            let (checks, ready) = readiness(&state).await;
             let body = serde_json::json!({
                 "ready": ready,
                 "checks": checks
@@ -196,11 +231,42 @@ pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Resp
                 Err(e) => e.to_response(),
             }
         }
+        "/ui" => {
+            let snapshot = state.shared.load_full();
+            let rejections = state.metrics.recent_rejections().last_hour(crate::metrics::minute_now());
+            match crate::ui::page(&*state.ledger, &snapshot, &rejections).await {
+                Ok(html) => {
+                    let mut page = text(StatusCode::OK, "text/html; charset=utf-8", html);
+                    // Inline styles only, nothing from elsewhere, never framed.
+                    let headers = page.headers_mut();
+                    headers.insert(
+                        header::CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+                    );
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    page
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger read failed; no usage page");
+                    GatewayError::LedgerUnavailable.to_response()
+                }
+            }
+        }
         "/metrics" => {
             if let Ok(n) = state.ledger.task_count() {
                 state.metrics.set_ledger_tasks(n);
             }
             refresh_spend_gauges(&state).await;
+            let (checks, ready) = readiness(&state).await;
+            state.metrics.set_components(
+                &[
+                    ("ledger", checks[1].1),
+                    ("rate_limiter", checks[2].1),
+                    ("upstream", checks[3].1),
+                    ("audit", state.audit.healthy()),
+                ],
+                ready,
+            );
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

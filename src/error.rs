@@ -98,6 +98,8 @@ pub enum GatewayError {
     },
     #[error("This endpoint needs an admin token: set admin.token_sha256 in the gateway's config.")]
     AdminTokenNotConfigured,
+    #[error("The usage page needs the admin token: give it as the password (any user name), or send `Authorization: Bearer <admin token>`.")]
+    AdminPageCredentialRequired,
 }
 
 /// What went wrong on the way to Ark (a label-safe, fixed set).
@@ -147,6 +149,8 @@ enum Headers {
     /// Both `Retry-After` and `x-should-retry: false`: the SDK's quick
     /// retries cannot help; the application decides when to come back.
     RetryLater(Duration),
+    /// `WWW-Authenticate: Basic`, so a browser asks for the password.
+    BasicChallenge,
 }
 
 /// One row of the table.
@@ -299,6 +303,13 @@ impl GatewayError {
                 RetryLater(*retry_after),
             ),
             AdminTokenNotConfigured => row(DENY, "AccessDenied", "admin_token_not_configured", "", None),
+            AdminPageCredentialRequired => row(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationError",
+                "admin_credential_required",
+                "",
+                BasicChallenge,
+            ),
         }
     }
 
@@ -370,6 +381,12 @@ impl GatewayError {
             }
             Headers::Allow(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Headers::BasicChallenge => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"ark-gateway admin\", charset=\"UTF-8\""),
+                );
             }
             Headers::RetryLater(wait) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));

@@ -161,6 +161,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
     let health = Arc::new(Health::default());
     let rate_limits = Arc::new(rate_limits(&config, store_redis, &metrics)?);
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::from_config(&config, None)));
+    let audit_health = audit.health();
     let (stacks, forward) = worker_stacks(&config, &shared, audit, &ledger, &rate_limits, &metrics, &health)?;
     let (stop_workers, workers_stop) = watch::channel(false);
     let workers = crate::server::spawn_workers(listener, tls.clone(), stacks, &config.server, workers_stop).map_err(
@@ -181,6 +182,7 @@ pub fn start_with(parts: GatewayParts) -> Result<RunningGateway, StartError> {
             LimiterBackend::Local => None,
         },
         shared: shared.clone(),
+        audit: audit_health,
         token_sha256: config.admin.token_sha256,
         metrics_public: config.admin.metrics_public,
     };

@@ -33,3 +33,4 @@ pub mod spend;
 pub(crate) mod stack;
 pub mod tenant;
 pub(crate) mod trace_context;
+pub(crate) mod ui;

@@ -63,6 +63,11 @@ struct TenantReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -89,11 +94,65 @@ pub struct Metrics {
     cost: Family<TenantModel, Counter<f64, AtomicU64>>,
     active_tasks: Family<TenantLabel, Gauge>,
     budget_remaining: Family<TenantWindow, Gauge<f64, AtomicU64>>,
+    budget_limit: Family<TenantWindow, Gauge<f64, AtomicU64>>,
+    active_tasks_limit: Family<TenantLabel, Gauge>,
+    account_active_tasks: Gauge,
+    account_active_tasks_limit: Gauge,
+    component_up: Family<ComponentLabel, Gauge>,
+    ready: Gauge,
     quota_rejections: Family<TenantReason, Counter>,
     reconcile_runs: Family<ResultLabel, Counter>,
     reconcile_lag: Gauge<f64, AtomicU64>,
     /// The tenant label of requests that were not authenticated.
     unauthenticated: Arc<str>,
+    /// Denials of the last hour, for the usage page.
+    recent_rejections: RecentRejections,
+}
+
+/// A tenant's denials by reason over the last hour, in one-minute buckets
+/// (this replica's). Written only when a request is denied.
+#[derive(Debug, Default)]
+pub struct RecentRejections {
+    buckets: Mutex<std::collections::HashMap<(Arc<str>, &'static str), [(u64, u32); 60]>>,
+}
+
+impl RecentRejections {
+    pub fn record(&self, tenant: &TenantName, reason: &'static str, minute: u64) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let slots = buckets.entry((tenant.shared(), reason)).or_insert([(0, 0); 60]);
+        let slot = &mut slots[(minute % 60) as usize];
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        slot.1 = slot.1.saturating_add(1);
+    }
+
+    /// (tenant, reason, count) over the 60 minutes up to `minute`, sorted;
+    /// entries with nothing left in the hour are dropped.
+    pub fn last_hour(&self, minute: u64) -> Vec<(String, &'static str, u64)> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        buckets.retain(|(tenant, reason), slots| {
+            let n: u64 = slots
+                .iter()
+                .filter(|(m, _)| *m + 60 > minute && *m <= minute)
+                .map(|(_, n)| u64::from(*n))
+                .sum();
+            if n > 0 {
+                out.push((tenant.to_string(), *reason, n));
+            }
+            n > 0
+        });
+        out.sort();
+        out
+    }
+}
+
+/// Minutes since the Unix epoch.
+pub fn minute_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +246,38 @@ impl Metrics {
             "What is left of each budget window (limit - used - reserved), in tokens or currency",
             budget_remaining.clone(),
         );
+        let budget_limit = Family::<TenantWindow, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_limit",
+            "Each configured budget window's limit, in tokens or currency (beside budget_remaining)",
+            budget_limit.clone(),
+        );
+        let active_tasks_limit = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "active_tasks_limit",
+            "A tenant's max_active_tasks, where set",
+            active_tasks_limit.clone(),
+        );
+        let account_active_tasks = Gauge::default();
+        registry.register(
+            "account_active_tasks",
+            "Queued and running tasks of the whole Ark account (all tenants, all replicas)",
+            account_active_tasks.clone(),
+        );
+        let account_active_tasks_limit = Gauge::default();
+        registry.register(
+            "account_active_tasks_limit",
+            "upstream.max_active_tasks, where set",
+            account_active_tasks_limit.clone(),
+        );
+        let component_up = Family::<ComponentLabel, Gauge>::default();
+        registry.register(
+            "component_up",
+            "1 while a dependency works (ledger, rate_limiter, upstream, audit), else 0; read at each scrape",
+            component_up.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 while /readyz would answer 200, else 0", ready.clone());
         let quota_rejections = Family::<TenantReason, Counter>::default();
         registry.register(
             "quota_rejections",
@@ -224,10 +315,17 @@ impl Metrics {
             cost,
             active_tasks,
             budget_remaining,
+            budget_limit,
+            active_tasks_limit,
+            account_active_tasks,
+            account_active_tasks_limit,
+            component_up,
+            ready,
             quota_rejections,
             reconcile_runs,
             reconcile_lag,
             unauthenticated: Arc::from("-"),
+            recent_rejections: RecentRejections::default(),
         }
     }
 
@@ -254,6 +352,10 @@ impl Metrics {
                 tenant: tenant.shared(),
             })
             .inc();
+    }
+
+    pub fn recent_rejections(&self) -> &RecentRejections {
+        &self.recent_rejections
     }
 
     pub fn config_reload(&self, ok: bool) {
@@ -308,6 +410,40 @@ impl Metrics {
                 window,
             })
             .set(remaining);
+    }
+
+    pub fn set_budget_limit(&self, tenant: &TenantName, window: &'static str, limit: f64) {
+        self.budget_limit
+            .get_or_create(&TenantWindow {
+                tenant: tenant.to_string(),
+                window,
+            })
+            .set(limit);
+    }
+
+    pub fn set_active_tasks_limit(&self, tenant: &TenantName, limit: u64) {
+        self.active_tasks_limit
+            .get_or_create(&TenantLabel {
+                tenant: tenant.shared(),
+            })
+            .set(limit.min(i64::MAX as u64) as i64);
+    }
+
+    /// The account's active tasks, and its cap where one is set.
+    pub fn set_account_active_tasks(&self, active: u64, limit: Option<u64>) {
+        self.account_active_tasks.set(active.min(i64::MAX as u64) as i64);
+        self.account_active_tasks_limit
+            .set(limit.map_or(0, |l| l.min(i64::MAX as u64) as i64));
+    }
+
+    /// Readiness and each dependency's state, as `/readyz` found them.
+    pub fn set_components(&self, components: &[(&'static str, bool)], ready: bool) {
+        for (component, up) in components {
+            self.component_up
+                .get_or_create(&ComponentLabel { component })
+                .set(i64::from(*up));
+        }
+        self.ready.set(i64::from(ready));
     }
 
     pub fn reconcile_run(&self, result: &'static str) {
@@ -450,6 +586,11 @@ impl WorkerMetrics {
         self.shared.rate_limited(tenant);
     }
 
+    /// A tenant's request was denied (for the usage page's last hour).
+    pub fn rejected(&self, tenant: &TenantName, reason: &'static str) {
+        self.shared.recent_rejections.record(tenant, reason, minute_now());
+    }
+
     pub fn upstream_started(&self) {
         self.shared.upstream_in_flight.inc();
     }
@@ -523,5 +664,28 @@ mod tests {
         assert!(line(&text, r#"ark_gateway_upstream_duration_seconds_count{operation="get"}"#).ends_with(" 2"));
         assert!(line(&text, r#"ark_gateway_upstream_errors_total{kind="timeout"}"#).ends_with(" 1"));
         assert!(line(&text, "ark_gateway_upstream_in_flight").ends_with(" 0"));
+    }
+
+    #[test]
+    fn recent_rejections_keep_one_hour_by_minute() {
+        let recent = RecentRejections::default();
+        let (a, b) = (TenantName::parse("a").unwrap(), TenantName::parse("b").unwrap());
+        recent.record(&a, "rate_limited", 1000);
+        recent.record(&a, "rate_limited", 1000);
+        recent.record(&a, "task_not_granted", 1030);
+        recent.record(&b, "budget_exceeded", 1059);
+        assert_eq!(
+            recent.last_hour(1059),
+            [
+                ("a".to_string(), "rate_limited", 2),
+                ("a".to_string(), "task_not_granted", 1),
+                ("b".to_string(), "budget_exceeded", 1)
+            ]
+        );
+        // Minute 1000 has left the hour; a reused bucket starts from zero.
+        assert_eq!(recent.last_hour(1060).len(), 2);
+        recent.record(&a, "rate_limited", 1060);
+        assert_eq!(recent.last_hour(1060)[0], ("a".to_string(), "rate_limited", 1));
+        assert!(recent.last_hour(1200).is_empty());
     }
 }

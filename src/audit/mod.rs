@@ -18,7 +18,7 @@ pub use layer::AuditLayer;
 pub use note::{AuditFacts, AuditNote};
 pub use record::{AuditRecord, Decision};
 pub use service::AuditService;
-pub use sink::{AuditSink, AuditWriteError, AuditWriter};
+pub use sink::{AuditHealth, AuditSink, AuditWriteError, AuditWriter};
 
 use http::header::{AsHeaderName, HeaderName};
 use http::HeaderMap;

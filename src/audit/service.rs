@@ -86,6 +86,9 @@ where
             if let (Err(GatewayError::TenantRateLimited { .. }), Some(tenant)) = (&result, tenant) {
                 metrics.rate_limited(tenant);
             }
+            if let (Decision::Deny, Some(tenant)) = (decision, tenant) {
+                metrics.rejected(tenant, reason);
+            }
             // Everything is borrowed; only the time is rendered, into a stack buffer.
             let mut ts = [0u8; timestamp::LEN];
             let record = AuditRecord {

@@ -77,6 +77,16 @@ pub struct AuditWriter {
     background: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Whether the audit sink still writes; false once it is gone.
+#[derive(Debug, Clone)]
+pub struct AuditHealth(std::sync::Weak<Inner>);
+
+impl AuditHealth {
+    pub fn healthy(&self) -> bool {
+        self.0.upgrade().is_some_and(|inner| inner.healthy.load(Ordering::SeqCst))
+    }
+}
+
 impl AuditSink {
     /// Opens the configured sink, continuing an existing file's chain. Must be
     /// called inside a tokio runtime (it starts the sync-and-check task).
@@ -112,6 +122,12 @@ impl AuditSink {
             .ok()
             .map(|runtime| runtime.spawn(sync_and_check(sink.clone())));
         (sink.clone(), AuditWriter { sink, background })
+    }
+
+    /// A handle that reads [`Self::healthy`] without keeping the sink open
+    /// (the admin listener's; the drain waits for every sink to go).
+    pub fn health(&self) -> AuditHealth {
+        AuditHealth(Arc::downgrade(&self.inner))
     }
 
     /// False after a write failed or the file was removed: callers fail closed.
