@@ -14,18 +14,23 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # Debian packages the tests need: redis-server for the multi-replica tests
 # (each test starts its own on a unix socket); curl and a JDK (Java's
 # java.net.http client, run as a single-file program) as real HTTP/2
-# clients; openssl to make the SDK tests' TLS certificates. The benchmark
-# smoke installs wrk, h2load and nginx itself.
+# clients; openssl to make the SDK tests' TLS certificates; tinyproxy as the
+# egress proxy; prometheus (with promtool) for the alert rules and the
+# dashboard; chromium for the usage page. The benchmark smoke installs wrk,
+# h2load and nginx itself.
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 step "cargo fmt --check"
@@ -33,6 +38,10 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --all-targets -- -D warnings
+
+step "promtool: the alert rules and their unit tests (deploy/prometheus)"
+promtool check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && promtool test rules alerts.test.yaml)
 
 step "cargo test (unit and integration tests)"
 cargo test --all-targets
