@@ -30,7 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 step "cargo fmt --check"

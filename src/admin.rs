@@ -159,7 +159,9 @@ async fn refresh_spend_gauges(state: &AdminState) {
     let snapshot = state.shared.load_full();
     let now = now_ms();
     if let Ok(active) = state.ledger.account_active().await {
-        state.metrics.set_account_active_tasks(active, snapshot.spend.account_max_active);
+        state
+            .metrics
+            .set_account_active_tasks(active, snapshot.spend.account_max_active);
     }
     for tenant in snapshot.tenants.iter() {
         let Ok(counts) = state.ledger.tenant_counts(tenant.name.as_str(), now).await else {
@@ -177,7 +179,9 @@ async fn refresh_spend_gauges(state: &AdminState) {
                 true => crate::spend::micros_to_amount(n),
                 false => n as f64,
             };
-            state.metrics.set_budget_limit(&tenant.name, window.as_str(), as_amount(limit));
+            state
+                .metrics
+                .set_budget_limit(&tenant.name, window.as_str(), as_amount(limit));
             let totals = if window.is_daily() { &counts.day } else { &counts.month };
             let left = limit.saturating_sub(totals.committed(window));
             let left = if window.is_cost() {
@@ -233,7 +237,10 @@ pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Resp
         }
         "/ui" => {
             let snapshot = state.shared.load_full();
-            let rejections = state.metrics.recent_rejections().last_hour(crate::metrics::minute_now());
+            let rejections = state
+                .metrics
+                .recent_rejections()
+                .last_hour(crate::metrics::minute_now());
             match crate::ui::page(&*state.ledger, &snapshot, &rejections).await {
                 Ok(html) => {
                     let mut page = text(StatusCode::OK, "text/html; charset=utf-8", html);
@@ -241,7 +248,9 @@ pub(crate) async fn handle<B>(state: AdminState, req: Request<B>) -> Result<Resp
                     let headers = page.headers_mut();
                     headers.insert(
                         header::CONTENT_SECURITY_POLICY,
-                        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+                        HeaderValue::from_static(
+                            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                        ),
                     );
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     page

@@ -75,7 +75,10 @@ pub enum GatewayError {
     #[error("The upstream service could not be reached ({kind}).")]
     UpstreamUnavailable { kind: UpstreamFailure, fate_unknown: bool },
     #[error("The upstream service could not be reached through the egress proxy {proxy}: {why}.")]
-    UpstreamProxyFailed { proxy: std::sync::Arc<str>, why: &'static str },
+    UpstreamProxyFailed {
+        proxy: std::sync::Arc<str>,
+        why: &'static str,
+    },
     #[error("The upstream service did not answer in time.")]
     UpstreamTimeout { fate_unknown: bool },
     #[error("The task ledger is unavailable; the request was not forwarded.")]

@@ -42,7 +42,12 @@ impl<S> FormatEvent<S, JsonFields> for JsonLine
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, JsonFields>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut line = Map::new();
         let mut ts = [0u8; crate::audit::timestamp::LEN];
         let now = crate::audit::timestamp::rfc3339_millis(std::time::SystemTime::now(), &mut ts);

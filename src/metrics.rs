@@ -113,8 +113,11 @@ pub struct Metrics {
 /// (this replica's). Written only when a request is denied.
 #[derive(Debug, Default)]
 pub struct RecentRejections {
-    buckets: Mutex<std::collections::HashMap<(Arc<str>, &'static str), [(u64, u32); 60]>>,
+    buckets: Mutex<std::collections::HashMap<(Arc<str>, &'static str), MinuteCounts>>,
 }
+
+/// (minute, count) for each minute of an hour, indexed by minute % 60.
+type MinuteCounts = [(u64, u32); 60];
 
 impl RecentRejections {
     pub fn record(&self, tenant: &TenantName, reason: &'static str, minute: u64) {

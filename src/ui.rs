@@ -42,7 +42,11 @@ pub(crate) async fn page(
     );
     for tenant in usage["tenants"].as_array().into_iter().flatten() {
         let name = tenant["tenant"].as_str().unwrap_or("");
-        let _ = write!(html, "<section class=\"team\" data-tenant=\"{0}\"><h2>{0}</h2>", escape(name));
+        let _ = write!(
+            html,
+            "<section class=\"team\" data-tenant=\"{0}\"><h2>{0}</h2>",
+            escape(name)
+        );
         let active = tenant["active_tasks"].as_u64().unwrap_or(0);
         html.push_str("<table class=\"gauges\">");
         meter(
@@ -124,13 +128,13 @@ fn meter(html: &mut String, label: &str, key: &str, value: f64, limit: Option<f6
         Some(limit) => format!("{} / {}{unit}", number(value), number(limit)),
         None => format!("{}{unit} (no limit)", number(value)),
     };
-    let _ = write!(
-        html,
-        "<tr data-metric=\"{key}\"><th>{}</th><td>",
-        escape(label)
-    );
+    let _ = write!(html, "<tr data-metric=\"{key}\"><th>{}</th><td>", escape(label));
     if let Some(limit) = limit {
-        let share = if limit > 0.0 { (value / limit).clamp(0.0, 1.0) } else { 1.0 };
+        let share = if limit > 0.0 {
+            (value / limit).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         let class = match share {
             s if s >= 1.0 => "full",
             s if s >= 0.8 => "near",
@@ -176,14 +180,20 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]
     fn a_meter_shows_its_share_and_numbers() {
         let mut html = String::new();
         meter(&mut html, "tokens today", "daily_tokens", 90.0, Some(100.0), "tokens");
-        assert!(html.contains("aria-label=\"90%\"") && html.contains("class=\"near\""), "{html}");
+        assert!(
+            html.contains("aria-label=\"90%\"") && html.contains("class=\"near\""),
+            "{html}"
+        );
         assert!(html.contains("90 / 100 tokens"), "{html}");
         let mut html = String::new();
         meter(&mut html, "active tasks", "active_tasks", 3.0, None, "");

@@ -111,7 +111,9 @@ async fn calls_are_tunnelled_through_the_proxy_with_tls_inside() {
     // address and, TLS inside, never the key.
     let seen = env.upstream();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|r| r.header("authorization") == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));
+    assert!(seen
+        .iter()
+        .all(|r| r.header("authorization") == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));
     let log = proxy.log();
     let upstream = env.mock.base_url();
     let upstream = upstream.trim_start_matches("https://").trim_end_matches("/api/v3");
@@ -133,7 +135,10 @@ async fn proxy_credentials_come_from_their_file() {
     assert_eq!(refused.status, 502, "{}", refused.text());
     assert_eq!(refused.error_code(), "UpstreamUnavailable");
     let message = refused.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains(&proxy.addr.to_string()) && message.contains("407"), "{message}");
+    assert!(
+        message.contains(&proxy.addr.to_string()) && message.contains("407"),
+        "{message}"
+    );
     assert_eq!(env.upstream_count(), 0);
     assert!(proxy_errors(&env).await.ends_with(" 1"), "{}", proxy_errors(&env).await);
     let audit = env.finish().await;
@@ -153,7 +158,11 @@ async fn proxy_credentials_come_from_their_file() {
     // The proxy's password went to the proxy only: never to the upstream.
     let seen = env.upstream();
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].headers.iter().all(|(_, v)| !v.contains("pw-canary")), "{:?}", seen[0].headers);
+    assert!(
+        seen[0].headers.iter().all(|(_, v)| !v.contains("pw-canary")),
+        "{:?}",
+        seen[0].headers
+    );
     let audit = env.finish().await;
     let written = std::fs::read_to_string(env.audit_path()).unwrap();
     assert!(!written.contains("pw-canary") && !written.contains("ZWdyZXNz"));
@@ -166,12 +175,17 @@ async fn a_proxy_that_refuses_the_port_or_is_down_is_a_502_naming_it() {
     // Only port 443 may be tunnelled to: the mock's port is refused.
     let proxy = Tinyproxy::start(dir.path(), "ConnectPort 443").await;
     let mut env = gateway_behind(&format!("proxy = \"http://{}\"", proxy.addr), dir.path()).await;
-    let refused = env.call("GET", &format!("{TASKS}?page_num=1&page_size=10"), Some(ALPHA), None).await;
+    let refused = env
+        .call("GET", &format!("{TASKS}?page_num=1&page_size=10"), Some(ALPHA), None)
+        .await;
     let created = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     for reply in [&refused, &created] {
         assert_eq!(reply.status, 502, "{}", reply.text());
         let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(&proxy.addr.to_string()) && message.contains("refused the tunnel"), "{message}");
+        assert!(
+            message.contains(&proxy.addr.to_string()) && message.contains("refused the tunnel"),
+            "{message}"
+        );
         // Nothing was sent, so the SDK may retry.
         assert!(reply.header("x-should-retry").is_none());
     }
@@ -180,12 +194,18 @@ async fn a_proxy_that_refuses_the_port_or_is_down_is_a_502_naming_it() {
     env.finish().await;
 
     // Nothing listens there.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut env = gateway_behind(&format!("proxy = \"http://{gone}\""), dir.path()).await;
     let down = env.call("POST", TASKS, Some(ALPHA), Some(CREATE_BODY)).await;
     assert_eq!(down.status, 502);
     let message = down.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains(&gone.to_string()) && message.contains("cannot connect to the proxy"), "{message}");
+    assert!(
+        message.contains(&gone.to_string()) && message.contains("cannot connect to the proxy"),
+        "{message}"
+    );
     assert!(proxy_errors(&env).await.ends_with(" 1"));
     assert_eq!(env.upstream_count(), 0);
     env.finish().await;

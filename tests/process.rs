@@ -30,7 +30,10 @@ fn write_config(dir: &Path, base_url: &str, audit_stdout: bool) -> std::path::Pa
 async fn json_logs_carry_the_request_and_trace_ids() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there: the forward logs a warning inside the request.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut text = config_text(&format!("http://{gone}/api/v3"), dir.path(), "", &default_tenants());
     text.push_str("\n[log]\nformat = \"json\"\n");
     let config = dir.path().join("gateway.toml");

@@ -14,11 +14,20 @@ fn parts(traceparent: &str) -> (String, String, String) {
     let fields: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(fields.len(), 4, "{traceparent}");
     assert_eq!(fields[0], "00");
-    assert!(fields[1..].iter().all(|f| f.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
+    assert!(fields[1..]
+        .iter()
+        .all(|f| f.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
     (fields[1].into(), fields[2].into(), fields[3].into())
 }
 
-async fn call_with(env: &TestEnv, method: &str, target: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str) -> Reply {
+async fn call_with(
+    env: &TestEnv,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut all: Vec<(&str, &str)> = headers.to_vec();
     if let Some(a) = &auth {
@@ -48,17 +57,41 @@ async fn a_tenant_trace_is_continued_to_ark_returned_and_audited() {
 
     // Unsampled stays unsampled; each request has a span of its own.
     let unsampled = format!("00-{TRACE}-{PARENT}-00");
-    let got = call_with(&env, "GET", &format!("{TASKS}/{id}"), Some(ALPHA), &[("traceparent", &unsampled)], "").await;
+    let got = call_with(
+        &env,
+        "GET",
+        &format!("{TASKS}/{id}"),
+        Some(ALPHA),
+        &[("traceparent", &unsampled)],
+        "",
+    )
+    .await;
     assert_eq!(got.status, 200);
     let (_, second_span, flags) = parts(env.upstream()[1].header("traceparent").unwrap());
     assert_eq!(flags, "00");
     assert_ne!(second_span, span);
 
     // Denied requests (401, 403) carry and record the trace too, and never left.
-    let denied = call_with(&env, "GET", &format!("{TASKS}/{id}"), None, &[("traceparent", &sampled)], "").await;
+    let denied = call_with(
+        &env,
+        "GET",
+        &format!("{TASKS}/{id}"),
+        None,
+        &[("traceparent", &sampled)],
+        "",
+    )
+    .await;
     assert_eq!(denied.status, 401);
     assert_eq!(parts(denied.header("traceparent").unwrap()).0, TRACE);
-    let other = call_with(&env, "GET", &format!("{TASKS}/{id}"), Some(BETA), &[("traceparent", &sampled)], "").await;
+    let other = call_with(
+        &env,
+        "GET",
+        &format!("{TASKS}/{id}"),
+        Some(BETA),
+        &[("traceparent", &sampled)],
+        "",
+    )
+    .await;
     assert_eq!(other.status, 403);
     assert_eq!(env.upstream_count(), 2);
 
@@ -91,7 +124,11 @@ async fn an_absent_or_invalid_trace_starts_a_new_unsampled_one_without_state() {
         assert_ne!(trace, TRACE, "{value:?}");
         assert_ne!(trace, "0".repeat(32));
         assert_eq!(flags, "00", "a new trace is not sampled: {value:?}");
-        assert_eq!(sent.header("tracestate"), None, "state of a trace not continued: {value:?}");
+        assert_eq!(
+            sent.header("tracestate"),
+            None,
+            "state of a trace not continued: {value:?}"
+        );
         assert_eq!(parts(created.header("traceparent").unwrap()).0, trace);
         traces.push(trace);
     }

@@ -336,7 +336,9 @@ fn an_h2_only_offer_needs_a_tls_upstream() {
     let err = ark_gateway::config::Config::from_toml_str(&text, &|name| (name == "K").then(|| "k".into())).unwrap_err();
     assert!(err.mentions("upstream.protocols"), "{err}");
     let bad = text.replace("[\"h2\"]", "[\"h3\"]");
-    assert!(ark_gateway::config::Config::from_toml_str(&bad, &|name| (name == "K").then(|| "k".into()))
-        .unwrap_err()
-        .mentions("upstream.protocols"));
+    assert!(
+        ark_gateway::config::Config::from_toml_str(&bad, &|name| (name == "K").then(|| "k".into()))
+            .unwrap_err()
+            .mentions("upstream.protocols")
+    );
 }

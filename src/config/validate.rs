@@ -627,7 +627,11 @@ fn upstream_route(
         let looked = if https { "https_proxy" } else { "http_proxy" };
         return UpstreamRoute::Direct(format!("upstream.proxy and {looked} are not set"));
     };
-    let host = base.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let host = base
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     // A loopback upstream (a local mock, an egress sidecar) is never sent to
     // an environment's proxy, as Go's and most clients' proxy rules do.
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
@@ -1285,12 +1289,26 @@ mod tests {
             proxied(route_of(ark, "proxy = \"http://egress.internal:3128\"", &env)),
             ("http://egress.internal:3128/".into(), "upstream.proxy", false)
         );
-        assert_eq!(proxied(route_of(ark, "proxy = \"egress:8080\"", &[])).0, "http://egress:8080/");
-        assert_eq!(proxied(route_of(ark, "proxy = \"http://egress\"", &[])).0, "http://egress:1080/");
+        assert_eq!(
+            proxied(route_of(ark, "proxy = \"egress:8080\"", &[])).0,
+            "http://egress:8080/"
+        );
+        assert_eq!(
+            proxied(route_of(ark, "proxy = \"http://egress\"", &[])).0,
+            "http://egress:1080/"
+        );
         let inline = route_of(ark, "proxy = \"http://user:pw-canary@egress:3128\"", &[]).unwrap_err();
-        assert!(inline.contains("upstream.proxy") && inline.contains("proxy_credentials_file"), "{inline}");
+        assert!(
+            inline.contains("upstream.proxy") && inline.contains("proxy_credentials_file"),
+            "{inline}"
+        );
         assert!(!inline.contains("canary"), "{inline}");
-        for bad in ["https://egress:3128", "socks5://egress:1080", "http://egress:3128/path", "http://"] {
+        for bad in [
+            "https://egress:3128",
+            "socks5://egress:1080",
+            "http://egress:3128/path",
+            "http://",
+        ] {
             let e = route_of(ark, &format!("proxy = \"{bad}\""), &[]).unwrap_err();
             assert!(e.contains("upstream.proxy"), "{bad}: {e}");
         }
@@ -1304,10 +1322,18 @@ mod tests {
         std::fs::write(&good, "egress:pw-canary\n").unwrap();
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "pw-canary-without-user\n").unwrap();
-        let with = |file: &std::path::Path| format!("proxy = \"http://egress:3128\"\nproxy_credentials_file = \"{}\"", file.display());
+        let with = |file: &std::path::Path| {
+            format!(
+                "proxy = \"http://egress:3128\"\nproxy_credentials_file = \"{}\"",
+                file.display()
+            )
+        };
         assert!(proxied(route_of(ark, &with(&good), &[])).2);
         let e = route_of(ark, &with(&bad), &[]).unwrap_err();
-        assert!(e.contains("upstream.proxy_credentials_file") && !e.contains("canary"), "{e}");
+        assert!(
+            e.contains("upstream.proxy_credentials_file") && !e.contains("canary"),
+            "{e}"
+        );
         let e = route_of(ark, &with(&dir.path().join("missing")), &[]).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
         let e = route_of(ark, &format!("proxy_credentials_file = \"{}\"", good.display()), &[]).unwrap_err();
@@ -1320,13 +1346,28 @@ mod tests {
         let http = "http://mock.internal:8080/api/v3";
         // https: the lower-case name first, then the upper-case one, then all_proxy.
         let both = [("https_proxy", "http://lower:1"), ("HTTPS_PROXY", "http://upper:2")];
-        assert_eq!(proxied(route_of(ark, "", &both)), ("http://lower:1/".into(), "https_proxy", false));
+        assert_eq!(
+            proxied(route_of(ark, "", &both)),
+            ("http://lower:1/".into(), "https_proxy", false)
+        );
         assert_eq!(proxied(route_of(ark, "", &both[1..])).1, "HTTPS_PROXY");
-        assert_eq!(proxied(route_of(ark, "", &[("ALL_PROXY", "http://all:3")])).1, "ALL_PROXY");
+        assert_eq!(
+            proxied(route_of(ark, "", &[("ALL_PROXY", "http://all:3")])).1,
+            "ALL_PROXY"
+        );
         // http: only the lower-case http_proxy (HTTP_PROXY can be set by a CGI request header).
-        assert_eq!(proxied(route_of(http, "", &[("http_proxy", "http://p:4")])).1, "http_proxy");
-        assert!(matches!(route_of(http, "", &[("HTTP_PROXY", "http://p:4")]), Ok(UpstreamRoute::Direct(_))));
-        assert!(matches!(route_of(http, "", &[("https_proxy", "http://p:4")]), Ok(UpstreamRoute::Direct(_))));
+        assert_eq!(
+            proxied(route_of(http, "", &[("http_proxy", "http://p:4")])).1,
+            "http_proxy"
+        );
+        assert!(matches!(
+            route_of(http, "", &[("HTTP_PROXY", "http://p:4")]),
+            Ok(UpstreamRoute::Direct(_))
+        ));
+        assert!(matches!(
+            route_of(http, "", &[("https_proxy", "http://p:4")]),
+            Ok(UpstreamRoute::Direct(_))
+        ));
         // User info in an environment proxy URL is its credential.
         assert!(proxied(route_of(ark, "", &[("https_proxy", "http://u:p%40ss@p:5")])).2);
         // no_proxy by domain suffix, and loopback never proxied.
@@ -1340,8 +1381,15 @@ mod tests {
         let env = [("https_proxy", "http://p:6"), ("NO_PROXY", "notark.example")];
         assert_eq!(proxied(route_of(ark, "", &env)).1, "https_proxy");
         let local = [("http_proxy", "http://p:7")];
-        for base in ["http://127.0.0.1:9/api/v3", "http://localhost:9/api/v3", "http://[::1]:9/api/v3"] {
-            assert!(matches!(route_of(base, "", &local), Ok(UpstreamRoute::Direct(_))), "{base}");
+        for base in [
+            "http://127.0.0.1:9/api/v3",
+            "http://localhost:9/api/v3",
+            "http://[::1]:9/api/v3",
+        ] {
+            assert!(
+                matches!(route_of(base, "", &local), Ok(UpstreamRoute::Direct(_))),
+                "{base}"
+            );
         }
         match route_of(ark, "", &[]) {
             Ok(UpstreamRoute::Direct(why)) => assert!(why.contains("https_proxy are not set"), "{why}"),

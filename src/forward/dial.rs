@@ -22,7 +22,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub(crate) enum Dial {
     Direct(HttpConnector),
-    Tunnel { tunnel: Tunnel<HttpConnector>, proxy: Arc<str> },
+    Tunnel {
+        tunnel: Tunnel<HttpConnector>,
+        proxy: Arc<str>,
+    },
 }
 
 impl Dial {
@@ -130,8 +133,17 @@ mod tests {
 
     #[test]
     fn the_tunnel_target_always_names_its_port() {
-        assert_eq!(with_port("https://ark.example/".parse().unwrap()), "https://ark.example:443/");
-        assert_eq!(with_port("http://mock.local/".parse().unwrap()), "http://mock.local:80/");
-        assert_eq!(with_port("https://ark.example:8443/".parse().unwrap()), "https://ark.example:8443/");
+        assert_eq!(
+            with_port("https://ark.example/".parse().unwrap()),
+            "https://ark.example:443/"
+        );
+        assert_eq!(
+            with_port("http://mock.local/".parse().unwrap()),
+            "http://mock.local:80/"
+        );
+        assert_eq!(
+            with_port("https://ark.example:8443/".parse().unwrap()),
+            "https://ark.example:8443/"
+        );
     }
 }

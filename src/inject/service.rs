@@ -38,7 +38,10 @@ where
             Some(snapshot) => snapshot.api_key.authorization_header(),
             None => self.shared.load().api_key.authorization_header(),
         };
-        let trace = req.extensions().get::<TraceContext>().map(|t| (t.traceparent(), t.continued()));
+        let trace = req
+            .extensions()
+            .get::<TraceContext>()
+            .map(|t| (t.traceparent(), t.continued()));
         let headers = req.headers_mut();
         outbound_headers(headers);
         // Ark sees the gateway's span as the parent; a new trace has no state.

@@ -172,7 +172,10 @@ mod tests {
             assert!(!ctx.continued(), "{values:?}");
             assert_ne!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{values:?}");
             assert_ne!(ctx.trace_id(), "0".repeat(32));
-            assert!(ctx.trace_id().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(ctx
+                .trace_id()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             assert!(ctx.traceparent().to_str().unwrap().ends_with("-00"), "{values:?}");
         }
     }

@@ -83,7 +83,9 @@ pub struct AuditHealth(std::sync::Weak<Inner>);
 
 impl AuditHealth {
     pub fn healthy(&self) -> bool {
-        self.0.upgrade().is_some_and(|inner| inner.healthy.load(Ordering::SeqCst))
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.healthy.load(Ordering::SeqCst))
     }
 }
 
