@@ -3,8 +3,9 @@
 //! The audit stream is separate and unaffected.
 //!
 //! A JSON line has `timestamp`, `level`, `target`, `message`, the event's own
-//! fields, and the fields of the spans it happened in, flattened: inside a
-//! request, that is `request_id` and `trace_id`.
+//! fields, the fields of the spans it happened in, flattened, and, inside a
+//! request, `request_id` and `trace_id`. A text line inside a request ends
+//! with `request_id=… trace_id=…`.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -26,7 +27,10 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .event_format(TextLine(tracing_subscriber::fmt::format::Format::default()))
+            .init(),
         LogFormat::Json => builder
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
@@ -66,9 +70,34 @@ where
                 }
             }
         }
+        crate::trace_context::with_current(|request_id, trace_id| {
+            line.insert("request_id".into(), request_id.into());
+            line.insert("trace_id".into(), trace_id.into());
+        });
         event.record(&mut Fields(&mut line));
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
+    }
+}
+
+/// The usual text line; inside a request, with its ids at the end.
+pub(crate) struct TextLine(tracing_subscriber::fmt::format::Format);
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let ids = crate::trace_context::with_current(|r, t| format!(" request_id={r} trace_id={t}"));
+        let Some(ids) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        // Rare (a request that logs): formatted aside, without colours.
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let line = line.trim_end_matches('\n');
+        writeln!(writer, "{line}{ids}")
     }
 }
 
@@ -119,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_is_one_object_with_the_span_ids_at_the_top() {
+    fn a_line_is_one_object_with_span_fields_flattened() {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -128,7 +157,7 @@ mod tests {
             .event_format(JsonLine)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("request", request_id = "r-1", trace_id = "t-1");
+            let span = tracing::info_span!("phase", step = "forward");
             let _entered = span.enter();
             tracing::warn!(kind = "connect", attempt = 2u64, "upstream request failed");
         });
@@ -151,10 +180,51 @@ mod tests {
         assert_eq!(first["message"], "upstream request failed");
         assert_eq!(first["kind"], "connect");
         assert_eq!(first["attempt"], 2);
-        assert_eq!(first["request_id"], "r-1");
-        assert_eq!(first["trace_id"], "t-1");
+        assert_eq!(first["step"], "forward");
         assert_eq!(first["target"], module_path!());
         assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
         assert!(lines[1].get("request_id").is_none());
+    }
+
+    #[test]
+    fn lines_inside_a_request_carry_its_ids_in_both_formats() {
+        use crate::trace_context::{sync_in, RequestLog, TraceContext};
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let request = || RequestLog::new(None, TraceContext::from_headers(&headers));
+        let text = Buffer::default();
+        let writer = text.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(TextLine(tracing_subscriber::fmt::format::Format::default()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            sync_in(request(), || tracing::warn!("inside"));
+            tracing::info!("outside");
+        });
+        let text = String::from_utf8(text.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("inside") && lines[0].ends_with(" request_id= trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
+        assert!(lines[1].contains("outside") && !lines[1].contains("trace_id"), "{text}");
+
+        let json = Buffer::default();
+        let writer = json.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || sync_in(request(), || tracing::warn!("inside")));
+        let line: Value =
+            serde_json::from_str(String::from_utf8(json.0.lock().unwrap().clone()).unwrap().trim()).unwrap();
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["request_id"], "");
     }
 }

@@ -5,9 +5,8 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use tower::Service;
-use tracing::Instrument;
 
-use super::{TraceContext, TRACEPARENT};
+use super::{RequestLog, TraceContext, CURRENT, TRACEPARENT};
 use crate::error::GatewayResponse;
 use crate::request_id::RequestId;
 
@@ -32,24 +31,14 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let context = TraceContext::from_headers(req.headers());
         // Every diagnostic line logged while the request runs carries both ids.
-        let span = tracing::info_span!(
-            "request",
-            request_id = req.extensions().get::<RequestId>().map_or("", RequestId::as_str),
-            trace_id = context.trace_id(),
-        );
+        let log = RequestLog::new(req.extensions().get::<RequestId>().cloned(), context.clone());
         let traceparent = context.traceparent();
         req.extensions_mut().insert(context);
-        let fut = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
-        Box::pin(
-            async move {
-                let Ok(mut response) = fut.await;
-                response.headers_mut().insert(TRACEPARENT.clone(), traceparent);
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        let fut = super::sync_in(log.clone(), || self.inner.call(req));
+        Box::pin(CURRENT.scope(log, async move {
+            let Ok(mut response) = fut.await;
+            response.headers_mut().insert(TRACEPARENT.clone(), traceparent);
+            Ok(response)
+        }))
     }
 }
