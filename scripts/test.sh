@@ -17,7 +17,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # clients; openssl to make the SDK tests' TLS certificates; tinyproxy as the
 # egress proxy; prometheus (with promtool) for the alert rules and the
 # dashboard; chromium for the usage page. The benchmark smoke installs wrk,
-# h2load and nginx itself.
+# h2load, nginx and haproxy itself.
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v curl >/dev/null || need+=(curl)
@@ -59,6 +59,9 @@ step "fuzz smoke: every fuzz target for a few seconds (scripts/fuzz.sh runs long
 
 step "benchmark smoke: bench/run.sh --smoke (the full run: bench/run.sh)"
 bench/run.sh --smoke
+
+step "scale smoke: bench/scale.sh --smoke (the full run: bench/scale.sh)"
+bench/scale.sh --smoke
 
 step "A/B benchmark smoke: bench/ab.py, the release binary against itself, one short round"
 python3 bench/ab.py target/release/ark-gateway target/release/ark-gateway --c 4 --d 1 --rounds 1 --governed

@@ -74,11 +74,17 @@ pub(crate) struct Reloader {
     /// start), so the watcher reloads exactly when the files differ from the
     /// running configuration.
     loaded: Mutex<Vec<Option<[u8; 32]>>>,
+    /// `upstream.api_key_file` as last read: it changes only with the config
+    /// file, so a watcher tick reads and hashes the files but parses nothing.
+    key_file: Mutex<Option<PathBuf>>,
 }
 
-/// The file's keys and values as written, if it parses.
+/// The file's keys and values as written, if it parses, without the tenants
+/// (all of whose settings reload): kept for the life of the process.
 fn read_table(path: &std::path::Path) -> Option<toml::Table> {
-    toml::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    table.remove("tenant");
+    Some(table)
 }
 
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
@@ -98,7 +104,9 @@ impl Reloader {
             started_with,
             metrics,
             loaded: Mutex::new(Vec::new()),
+            key_file: Mutex::new(None),
         };
+        reloader.read_key_file();
         *reloader.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&reloader.watched_files());
         reloader
     }
@@ -106,6 +114,7 @@ impl Reloader {
     /// Loads, validates and swaps. An invalid file is rejected with the same
     /// messages as `check`, and the running configuration stays.
     pub(crate) fn reload(&self) -> Result<u64, ConfigError> {
+        self.read_key_file();
         // Recorded before reading, so a failed attempt is not retried until the files change again.
         *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint(&self.watched_files());
         let env = self.env.clone();
@@ -136,14 +145,18 @@ impl Reloader {
     /// Files whose change triggers a reload: the config, and the key file if any.
     fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        if let Ok(text) = std::fs::read_to_string(&self.path) {
-            if let Ok((raw, _)) = crate::config::parse_raw(&text) {
-                if let Some(key_file) = raw.upstream.api_key_file {
-                    files.push(PathBuf::from(key_file));
-                }
-            }
-        }
+        files.extend(self.key_file.lock().unwrap_or_else(PoisonError::into_inner).clone());
         files
+    }
+
+    /// Reads which key file the config names.
+    fn read_key_file(&self) {
+        let named = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|text| crate::config::parse_raw(&text).ok())
+            .and_then(|(raw, _)| raw.upstream.api_key_file)
+            .map(PathBuf::from);
+        *self.key_file.lock().unwrap_or_else(PoisonError::into_inner) = named;
     }
 
     /// Polls the watched files' contents and reloads when they differ from

@@ -208,6 +208,38 @@ async fn a_rotated_key_file_is_picked_up_by_reload() {
     assert_eq!(last.header("authorization"), Some("Bearer sk-rotated-key-0002"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_changed_on_disk_is_picked_up_without_a_signal() {
+    let mock = MockUpstream::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        MockOptions::new(UPSTREAM_KEY),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("ark-key");
+    std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
+    let config = dir.path().join("gateway.toml");
+    let text = config_text(&mock.base_url(), dir.path(), "", &default_tenants()).replace(
+        "api_key_env = \"TEST_ARK_KEY\"",
+        &format!("api_key_file = \"{}\"", key_file.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut gateway = GatewayProcess::spawn(&config, &[]);
+    let alpha = [("Authorization", "Bearer token-alpha")];
+    assert_eq!(request(gateway.addr, "GET", TASKS, &alpha, b"").await.status, 200);
+
+    // Only the key file changes; the watcher notices its content.
+    std::fs::write(&key_file, "sk-rotated-key-0002\n").unwrap();
+    tokio::task::block_in_place(|| gateway.wait_for_log("config reloaded"));
+    // The mock still expects the old key: Ark's own 401 passes through, and
+    // what it received was the new key.
+    assert_eq!(request(gateway.addr, "GET", TASKS, &alpha, b"").await.status, 401);
+    let last = mock.received().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer sk-rotated-key-0002"));
+    gateway.signal("TERM");
+    assert_eq!(tokio::task::block_in_place(|| gateway.wait()).0, Some(0));
+}
+
 fn write_process_config(dir: &Path, base_url: &str, tenants: &str) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(base_url, dir, "", tenants)).unwrap();

@@ -390,14 +390,15 @@ pub(crate) fn parse_raw(text: &str) -> Result<(raw::RawConfig, Vec<ConfigProblem
     use serde::Deserialize;
     let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::parse(e, text))?;
     let unknown = keys::remove_unknown(&mut table);
-    // From the text where nothing was removed, so that a shape error keeps its line and column.
-    let parsed = match unknown.is_empty() {
-        true => toml::from_str(text),
-        false => raw::RawConfig::deserialize(toml::Value::Table(table)),
-    };
-    match parsed {
+    // The text is parsed once; only a shape error in a file where nothing was
+    // removed is parsed again from the text, so that it keeps its line and column.
+    match raw::RawConfig::deserialize(toml::Value::Table(table)) {
         Ok(raw) => Ok((raw, unknown)),
         Err(e) => {
+            let e = match unknown.is_empty() {
+                true => toml::from_str::<raw::RawConfig>(text).err().unwrap_or(e),
+                false => e,
+            };
             let mut problems = unknown;
             problems.extend(ConfigError::parse(e, text).problems);
             Err(ConfigError { problems })

@@ -1214,7 +1214,7 @@ mod tests {
         let shown = crate::config::Config::from_toml_str(text, &|_| None)
             .unwrap_err()
             .to_string();
-        assert!(shown.contains("line 4, column 1"), "{shown}");
+        assert!(shown.contains("line 3, column 25"), "{shown}");
         assert!(!shown.contains("sk-secret-1"), "{shown}");
         let text = "[upstream]\nbase_url = \"https://x\"\nmax_concurrent = \"sk-secret-2\"\n";
         let shown = crate::config::Config::from_toml_str(text, &|_| None)

@@ -3,7 +3,7 @@
 //! synced as `audit.fsync` says).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 #[cfg(unix)]
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -33,6 +33,40 @@ pub(super) fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     }
 }
 
+/// Bytes read at a time from the end of the audit file.
+const TAIL_BLOCK: u64 = 64 * 1024;
+
+/// The length of the file up to its last newline, and the bytes before that
+/// point from the start of its last non-blank line on: read backwards in
+/// blocks, so that opening a trail of many gigabytes costs what a small one does.
+fn read_tail(file: &mut File) -> io::Result<(u64, Vec<u8>)> {
+    let len = file.metadata()?.len();
+    let (mut start, mut tail) = (len, Vec::new());
+    while start > 0 {
+        let step = TAIL_BLOCK.min(start);
+        start -= step;
+        let mut block = vec![0; step as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&tail);
+        tail = block;
+        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        // The last non-blank line before `end`, whole once a newline precedes it.
+        let complete = &tail[..end];
+        let Some(last) = complete.iter().rposition(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if let Some(line_start) = complete[..last].iter().rposition(|&b| b == b'\n') {
+            return Ok((start + end as u64 + 1, tail[line_start + 1..end].to_vec()));
+        }
+    }
+    let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tail.truncate(complete);
+    Ok((complete as u64, tail))
+}
+
 impl Output {
     pub(super) fn open_file(path: PathBuf) -> io::Result<(Self, ChainHead)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -40,22 +74,22 @@ impl Output {
         }
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
         // Only a regular file has a chain to continue (`/dev/full`, a FIFO… do not).
-        let existing = if file.metadata()?.is_file() {
-            std::fs::read(&path).unwrap_or_default()
+        let (complete, last_lines) = if file.metadata()?.is_file() {
+            read_tail(&mut file)?
         } else {
-            Vec::new()
+            (0, Vec::new())
         };
+        let len = file.metadata()?.len();
         // A crash in the middle of a batch can leave a partial last line; it
         // belongs to a request whose response was never sent. Drop it.
-        let complete = existing.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < existing.len() && file.metadata()?.is_file() {
+        if complete < len && file.metadata()?.is_file() {
             tracing::warn!(
-                bytes = existing.len() - complete,
+                bytes = len - complete,
                 "dropping a partial last audit line left by a crash"
             );
-            file.set_len(complete as u64)?;
+            file.set_len(complete)?;
         }
-        let head = chain::head_of(&String::from_utf8_lossy(&existing[..complete])).unwrap_or_else(ChainHead::genesis);
+        let head = chain::head_of(&String::from_utf8_lossy(&last_lines)).unwrap_or_else(ChainHead::genesis);
         let meta = file.metadata()?;
         file.flush()?;
         Ok((
@@ -134,5 +168,66 @@ impl Output {
         *self = fresh;
         tracing::info!(rotated = %rotated.display(), seq = head.seq, hash = %head.hash, "audit file rotated; the chain continues in the new file");
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a whole-file read finds: the complete length and its last non-blank line.
+    fn whole(bytes: &[u8]) -> (u64, String) {
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&bytes[..complete]);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        (complete as u64, last.to_string())
+    }
+
+    fn tail_of(bytes: &[u8]) -> (u64, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        let mut file = File::open(&path).unwrap();
+        let (complete, last) = read_tail(&mut file).unwrap();
+        let text = String::from_utf8_lossy(&last);
+        (
+            complete,
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn the_tail_read_backwards_finds_what_a_whole_read_finds() {
+        let many: String = (0..500)
+            .map(|i| format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "x".repeat(300)))
+            .collect();
+        let long_last = format!(
+            "{many}{{\"seq\":500,\"pad\":\"{}\"}}\n",
+            "y".repeat(3 * TAIL_BLOCK as usize)
+        );
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"partial, no newline".to_vec(),
+            b"{\"seq\":1}\n".to_vec(),
+            b"{\"seq\":1}\n{\"seq\":2}\n".to_vec(),
+            b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3, cut".to_vec(),
+            b"{\"seq\":1}\n{\"seq\":2}\n\n  \n".to_vec(),
+            many.clone().into_bytes(),
+            format!("{many}{{\"seq\":500, cut short").into_bytes(),
+            long_last.into_bytes(),
+        ];
+        for bytes in cases {
+            let expected = whole(&bytes);
+            assert_eq!(
+                tail_of(&bytes),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+            );
+        }
     }
 }

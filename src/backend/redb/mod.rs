@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use redb::backends::FileBackend;
 use redb::{
-    Database, DatabaseError, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition, WriteTransaction,
+    Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -38,13 +39,17 @@ const BY_CREATED: TableDefinition<(u64, &str), ()> = TableDefinition::new("tasks
 /// intent id → [`IntentEntry`] (JSON): creates forwarded and not yet settled.
 const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("create_intents");
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 32 << 20;
 /// Writes waiting for the writer thread.
 const WRITE_QUEUE: usize = 8192;
 /// Most operations committed together.
 const MAX_GROUP: usize = 512;
 /// Most expired tasks one sweep transaction removes, so that a sweep over a
-/// million records never holds the writer long enough to stall creates.
-pub const SWEEP_BATCH: usize = 1_000;
+/// million records never holds the writer long enough to stall creates: a
+/// removal costs about 50 µs (its spend settled, four tables updated), so a
+/// batch holds the writer for about 2.5 ms (`bench/scale.sh --only tasks sweep`).
+pub const SWEEP_BATCH: usize = 50;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct IntentEntry {
@@ -138,7 +143,19 @@ impl RedbLedger {
             DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse,
             other => unavailable(other),
         })?;
+        let warned = std::sync::atomic::AtomicBool::new(false);
         let db = Database::builder()
+            // redb's own page cache (1 GiB by default) would keep every page a
+            // start-up check or a list read; the OS page cache holds the file anyway.
+            .set_cache_size(CACHE_BYTES)
+            .set_repair_callback(move |session| {
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        progress = session.progress(),
+                        "the ledger was not closed cleanly; checking it (this reads the whole file)"
+                    );
+                }
+            })
             .create_with_backend(backend(inner))
             .map_err(|e| match e {
                 DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse,
@@ -285,7 +302,19 @@ fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        commit_group(db, owners, &mut group);
+        // Sweep batches commit after the rest, in a transaction of their own
+        // and without an fsync (a batch lost to a crash is swept again; the
+        // next durable commit makes it durable): a create that arrived beside
+        // one never waits for it.
+        let (mut sweeps, mut rest): (Vec<_>, Vec<_>) = group
+            .drain(..)
+            .partition(|request| matches!(request.op, Op::SweepTasks(_)));
+        if !rest.is_empty() {
+            commit_group(db, owners, &mut rest, Durability::Immediate);
+        }
+        if !sweeps.is_empty() {
+            commit_group(db, owners, &mut sweeps, Durability::Eventual);
+        }
     }
 }
 
@@ -326,8 +355,8 @@ fn forget_touched(owners: &OwnerCache, group: &[WriteRequest]) {
 
 /// Applies a group in one transaction and answers each request only after the
 /// commit (and its fsync) succeeded.
-fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest>) {
-    let txn = match db.begin_write() {
+fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest>, durability: Durability) {
+    let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
             let e = unavailable(e);
@@ -338,6 +367,7 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
             return;
         }
     };
+    txn.set_durability(durability);
     let mut results = Vec::with_capacity(group.len());
     for request in group.iter() {
         results.push(apply(&txn, &request.op));
@@ -358,6 +388,31 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
             }
         }
     }
+}
+
+/// A tenant's tasks created since `since_ms`, newest first, deleted ones left out.
+fn owned_since(db: &Database, tenant: &str, since_ms: u64) -> Result<Vec<OwnedTask>, LedgerError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+    // '~' sorts after every task-id character, so this covers all ids.
+    let range = index
+        .range((tenant, since_ms, "")..=(tenant, u64::MAX, "~"))
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for entry in range.rev() {
+        let (k, v) = entry.map_err(unavailable)?;
+        let (_, created_ms, task_id) = k.value();
+        let (state, model, status) = decode_index(v.value());
+        if state != TaskState::Deleted {
+            out.push(OwnedTask {
+                task_id: task_id.to_string(),
+                model,
+                created_ms,
+                status,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The mirror's statuses in the index, by their place in [`ArkStatus::ALL`] (0: unknown).
@@ -753,30 +808,15 @@ impl Ledger for RedbLedger {
     }
 
     fn owned_tasks<'a>(&'a self, tenant: &'a str, since_ms: u64) -> LedgerFuture<'a, Vec<OwnedTask>> {
-        let result = (|| {
-            let txn = self.db.begin_read().map_err(unavailable)?;
-            let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
-            // '~' sorts after every task-id character, so this covers all ids.
-            let range = index
-                .range((tenant, since_ms, "")..=(tenant, u64::MAX, "~"))
-                .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for entry in range.rev() {
-                let (k, v) = entry.map_err(unavailable)?;
-                let (_, created_ms, task_id) = k.value();
-                let (state, model, status) = decode_index(v.value());
-                if state != TaskState::Deleted {
-                    out.push(OwnedTask {
-                        task_id: task_id.to_string(),
-                        model,
-                        created_ms,
-                        status,
-                    });
-                }
-            }
-            Ok(out)
-        })();
-        Box::pin(std::future::ready(result))
+        let (db, tenant) = (self.db.clone(), tenant.to_string());
+        // A tenant with a million tasks makes this a read of about half a
+        // second (bench/scale.sh): off the worker thread, so that the other
+        // connections it serves do not wait behind it.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || owned_since(&db, &tenant, since_ms))
+                .await
+                .map_err(unavailable)?
+        })
     }
 
     fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>> {
