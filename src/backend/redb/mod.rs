@@ -354,7 +354,7 @@ fn forget_touched(owners: &OwnerCache, group: &[WriteRequest]) {
 }
 
 /// Applies a group in one transaction and answers each request only after the
-/// commit (and its fsync) succeeded.
+/// commit (and, with `Durability::Immediate`, its fsync) succeeded.
 fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest>, durability: Durability) {
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
