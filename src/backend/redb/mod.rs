@@ -79,6 +79,8 @@ enum Outcome {
     Begin(BeginOutcome),
     Unit,
     Count(usize),
+    /// The ids one sweep batch removed.
+    SweptTasks(Vec<String>),
     Swept(SweepReport),
     Settled(Option<crate::spend::Settlement>),
 }
@@ -322,7 +324,6 @@ fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver
 enum Touches<'a> {
     Nothing,
     Tasks(Vec<&'a str>),
-    Every,
 }
 
 fn touched_owners(op: &Op) -> Touches<'_> {
@@ -332,7 +333,8 @@ fn touched_owners(op: &Op) -> Touches<'_> {
         Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
         // The cached spend of the task changes with these.
         Op::SetState(id, _) | Op::Observe(id, _) => Touches::Tasks(vec![id.as_str()]),
-        Op::SweepTasks(..) => Touches::Every,
+        // Known only once applied: `commit_group` forgets the ids a batch removed.
+        Op::SweepTasks(..) => Touches::Nothing,
         Op::Begin(_) | Op::Abandon(..) | Op::SweepRest(..) => Touches::Nothing,
     }
 }
@@ -345,7 +347,6 @@ fn forget_touched(owners: &OwnerCache, group: &[WriteRequest]) {
         match touched_owners(&request.op) {
             Touches::Nothing => {}
             Touches::Tasks(touched) => ids.extend(touched),
-            Touches::Every => return owners.forget_all(),
         }
     }
     if !ids.is_empty() {
@@ -374,6 +375,14 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
     }
     let committed = txn.commit();
     forget_touched(owners, group);
+    for (request, result) in group.iter().zip(&results) {
+        match (&request.op, result) {
+            (Op::SweepTasks(_), Ok(Outcome::SweptTasks(ids))) => owners.forget(ids.iter().map(String::as_str)),
+            // A batch that failed part way may have removed some: forget every owner.
+            (Op::SweepTasks(_), _) => owners.forget_all(),
+            _ => {}
+        }
+    }
     match committed {
         Ok(()) => {
             for (request, result) in group.drain(..).zip(results) {
@@ -655,7 +664,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<Outcome, LedgerError> {
                     by_created.remove((*created, id.as_str())).map_err(unavailable)?;
                 }
             }
-            Ok(Outcome::Count(old.len()))
+            Ok(Outcome::SweptTasks(old.into_iter().map(|(_, id)| id).collect()))
         }
         Op::SweepRest(before) => {
             let keys_before = &before.keys_ms;
@@ -857,7 +866,10 @@ impl Ledger for RedbLedger {
             // creates queued meanwhile commit between them.
             let (mut tasks, mut batches) = (0, 0);
             loop {
-                let n = expect_count(self.write(Op::SweepTasks(before.tasks_ms)).await?)?;
+                let n = match self.write(Op::SweepTasks(before.tasks_ms)).await? {
+                    Outcome::SweptTasks(ids) => ids.len(),
+                    _ => return Err(unavailable("unexpected ledger outcome")),
+                };
                 batches += 1;
                 tasks += n;
                 if n < SWEEP_BATCH {

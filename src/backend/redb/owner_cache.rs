@@ -93,7 +93,7 @@ impl OwnerCache {
         }
     }
 
-    /// Forgets every owner (after a sweep).
+    /// Forgets every owner (after a sweep batch that failed part way).
     pub(super) fn forget_all(&self) {
         let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
