@@ -324,29 +324,36 @@ fn write_loop(db: &Arc<Database>, owners: &OwnerCache, mut queue: mpsc::Receiver
 enum Touches<'a> {
     Nothing,
     Tasks(Vec<&'a str>),
+    Every,
 }
 
-fn touched_owners(op: &Op) -> Touches<'_> {
+/// What `op` may have changed, given what applying it returned.
+fn touched_owners<'a>(op: &'a Op, result: &'a Result<Outcome, LedgerError>) -> Touches<'a> {
     match op {
         // A create over an id the ledger already had may move it.
         Op::Complete(_, record) => Touches::Tasks(vec![record.task_id.as_str()]),
         Op::Grant(_, ids, _) | Op::Revoke(ids) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
         // The cached spend of the task changes with these.
         Op::SetState(id, _) | Op::Observe(id, _) => Touches::Tasks(vec![id.as_str()]),
-        // Known only once applied: `commit_group` forgets the ids a batch removed.
-        Op::SweepTasks(..) => Touches::Nothing,
+        // A batch's ids are known once applied; one that failed part way may
+        // have removed some.
+        Op::SweepTasks(..) => match result {
+            Ok(Outcome::SweptTasks(ids)) => Touches::Tasks(ids.iter().map(String::as_str).collect()),
+            _ => Touches::Every,
+        },
         Op::Begin(_) | Op::Abandon(..) | Op::SweepRest(..) => Touches::Nothing,
     }
 }
 
 /// After a commit (or a failed one: forgetting too much is harmless), and
 /// before anyone is answered: the owners the group may have changed.
-fn forget_touched(owners: &OwnerCache, group: &[WriteRequest]) {
+fn forget_touched(owners: &OwnerCache, group: &[WriteRequest], results: &[Result<Outcome, LedgerError>]) {
     let mut ids = Vec::new();
-    for request in group {
-        match touched_owners(&request.op) {
+    for (request, result) in group.iter().zip(results) {
+        match touched_owners(&request.op, result) {
             Touches::Nothing => {}
             Touches::Tasks(touched) => ids.extend(touched),
+            Touches::Every => return owners.forget_all(),
         }
     }
     if !ids.is_empty() {
@@ -374,15 +381,7 @@ fn commit_group(db: &Database, owners: &OwnerCache, group: &mut Vec<WriteRequest
         results.push(apply(&txn, &request.op));
     }
     let committed = txn.commit();
-    forget_touched(owners, group);
-    for (request, result) in group.iter().zip(&results) {
-        match (&request.op, result) {
-            (Op::SweepTasks(_), Ok(Outcome::SweptTasks(ids))) => owners.forget(ids.iter().map(String::as_str)),
-            // A batch that failed part way may have removed some: forget every owner.
-            (Op::SweepTasks(_), _) => owners.forget_all(),
-            _ => {}
-        }
-    }
+    forget_touched(owners, group, &results);
     match committed {
         Ok(()) => {
             for (request, result) in group.drain(..).zip(results) {
