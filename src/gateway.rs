@@ -122,7 +122,8 @@ pub fn open_ledger(config: &Config, metrics: &Arc<Metrics>) -> Result<OpenedLedg
             Ok((
                 Arc::new(
                     RedisLedger::new(redis.clone(), config.store.retention)
-                        .with_usage_retention(config.store.usage_retention),
+                        .with_usage_retention(config.store.usage_retention)
+                        .with_owner_cache(),
                 ),
                 Some(redis),
             ))

@@ -72,6 +72,22 @@ impl RedisServer {
         panic!("redis-server did not come up");
     }
 
+    /// How many times the server ran `command` (INFO commandstats).
+    fn calls(&self, command: &str) -> u64 {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(["INFO", "commandstats"])
+            .output()
+            .expect("redis-cli runs");
+        let needle = format!("cmdstat_{command}:calls=");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(needle.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     fn url(&self) -> String {
         format!("redis+unix://{}", self.socket.display())
     }
@@ -210,6 +226,13 @@ async fn three_replicas_share_one_rate_limit() {
         (180..=220).contains(&allowed),
         "{allowed} allowed in 10 s at 20/s over three replicas"
     );
+    // The buckets stay out of the append-only file: no fsync per check.
+    let mut aof = Vec::new();
+    for file in std::fs::read_dir(dir.path().join("appendonlydir")).unwrap() {
+        aof.extend(std::fs::read(file.unwrap().path()).unwrap());
+    }
+    let aof = String::from_utf8_lossy(&aof);
+    assert!(!aof.contains("rl:tenant:"), "a rate-limit bucket reached the AOF");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,6 +695,51 @@ async fn a_revoked_task_gives_back_its_slot_and_leaves_the_reconcilers_set() {
     let counts = ledger.tenant_counts("alpha", at).await.unwrap();
     assert_eq!((counts.active, counts.day.reserved_tokens), (0, 0));
     assert!(ledger.open_tasks(10).await.unwrap().is_empty());
+}
+
+/// Two replicas' ledgers with owner caches: a grant or revoke made through
+/// one holds on the other once Redis has confirmed it there (and within
+/// `STALE_AFTER` regardless, unit-tested in `tracking`); an owner both know
+/// is answered from memory, without a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_revoked_on_one_replica_stops_working_on_another_once_redis_confirms() {
+    use ark_gateway::ledger::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let one = redis_ledger(&server, "c:").with_owner_cache();
+    let two = redis_ledger(&server, "c:").with_owner_cache();
+    let ids = ["cgt-granted".to_string(), "cgt-moved".to_string()];
+    let at = ark_gateway::ledger::now_ms();
+    assert_eq!(one.grant("beta", &ids, at).await.unwrap(), 2);
+    let confirmed = |ledger| tokio::time::timeout(Duration::from_secs(20), ledger);
+    confirmed(two.owners_confirmed()).await.expect("tracking comes up");
+    for id in &ids {
+        assert!(two.is_owner(id, "beta").await.unwrap());
+    }
+    let reads = server.calls("get");
+    for id in &ids {
+        assert!(two.is_owner(id, "beta").await.unwrap());
+        assert!(!two.is_owner(id, "alpha").await.unwrap());
+    }
+    assert_eq!(server.calls("get"), reads, "known owners are answered from memory");
+
+    assert_eq!(one.revoke(&ids[..1]).await.unwrap(), 1);
+    assert_eq!(one.grant("alpha", &ids[1..], at).await.unwrap(), 1);
+    confirmed(two.owners_confirmed()).await.expect("tracking stays up");
+    assert!(
+        !two.is_owner(&ids[0], "beta").await.unwrap(),
+        "the revoke holds on the other replica"
+    );
+    assert!(
+        !two.is_owner(&ids[1], "beta").await.unwrap(),
+        "so does the grant to another tenant"
+    );
+    assert!(two.is_owner(&ids[1], "alpha").await.unwrap());
+
+    // A replica's own revoke holds for it on its next check.
+    assert!(two.is_owner(&ids[1], "alpha").await.unwrap());
+    assert_eq!(two.revoke(&ids[1..]).await.unwrap(), 1);
+    assert!(!two.is_owner(&ids[1], "alpha").await.unwrap());
 }
 
 /// A connection to the test's redis-server, under its own key prefix.

@@ -3,5 +3,6 @@
 //! implement is in `crate::ledger`; the rate limiter is chosen in
 //! `crate::rate_limit`.
 
+mod owner_cache;
 pub mod redb;
 pub mod redis;

@@ -17,13 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 
 #[cfg(feature = "fault-injection")]
 mod faults;
-mod owner_cache;
 mod spend;
 
 #[cfg(feature = "fault-injection")]
 pub use faults::StoreFaults;
 
-use owner_cache::OwnerCache;
+use super::owner_cache::OwnerCache;
 
 use crate::ledger::*;
 use crate::spend::ArkStatus;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::spend::{self as counts, Ops};
+use super::tracking::{self, TrackedOwners, Tracker};
 use super::{Redis, RedisDown};
 use crate::ledger::*;
 use crate::spend::Hold;
@@ -29,6 +30,9 @@ pub struct RedisLedger {
     admit: redis::Script,
     /// Records from before the mirror were adopted (checked once per process).
     adopted: std::sync::atomic::AtomicBool,
+    /// Owners kept between checks (`with_owner_cache`), and the task that
+    /// keeps them true.
+    owners: Option<(Arc<TrackedOwners>, Tracker)>,
 }
 
 fn unavailable(e: RedisDown) -> LedgerError {
@@ -43,6 +47,34 @@ impl RedisLedger {
             usage_retention: Duration::from_secs(400 * 86_400),
             admit: redis::Script::new(counts::ADMIT),
             adopted: std::sync::atomic::AtomicBool::new(false),
+            owners: None,
+        }
+    }
+
+    /// Keeps owners between checks, invalidated by Redis for every replica's
+    /// writes (see `tracking`). Needs a runtime; without one, nothing changes.
+    pub fn with_owner_cache(mut self) -> Self {
+        let owners = Arc::new(TrackedOwners::new(self.task_key("")));
+        if let Some(tracker) = tracking::spawn(self.redis.client(), owners.clone()) {
+            self.owners = Some((owners, tracker));
+        }
+        self
+    }
+
+    /// Waits until this replica's owner cache reflects every change any
+    /// replica made before the call (at once without a cache). Tracking
+    /// bounds this anyway (`tracking::STALE_AFTER`); this is for when a
+    /// caller must know.
+    pub async fn owners_confirmed(&self) {
+        if let Some((owners, _)) = &self.owners {
+            owners.confirmed_since(tokio::time::Instant::now()).await;
+        }
+    }
+
+    /// After this replica's own write to a task's record.
+    fn forget(&self, task_id: &str) {
+        if let Some((owners, _)) = &self.owners {
+            owners.forget(task_id);
         }
     }
 
@@ -295,9 +327,12 @@ impl RedisLedger {
         }
         self.store_record(&mut pipe, record);
         let mut conn = self.redis.conn();
-        self.redis
+        let stored = self
+            .redis
             .observe(pipe.query_async::<()>(&mut conn).await)
-            .map_err(unavailable)
+            .map_err(unavailable);
+        self.forget(&record.task_id);
+        stored
     }
 
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, LedgerError> {
@@ -434,9 +469,12 @@ impl Ledger for RedisLedger {
                 .arg(&record.task_id)
                 .ignore();
             let mut conn = self.redis.conn();
-            self.redis
+            let stored = self
+                .redis
                 .observe(pipe.query_async::<()>(&mut conn).await)
-                .map_err(unavailable)
+                .map_err(unavailable);
+            self.forget(&record.task_id);
+            stored
         })
     }
 
@@ -465,6 +503,35 @@ impl Ledger for RedisLedger {
         Box::pin(self.get_record(task_id))
     }
 
+    fn owner_check<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, Ownership> {
+        let Some((owners, _)) = &self.owners else {
+            return Box::pin(async move {
+                Ok(match self.get_record(task_id).await? {
+                    Some(record) if record.tenant == tenant => Ownership {
+                        owns: true,
+                        spend: Some(record.spend),
+                    },
+                    _ => Ownership::NONE,
+                })
+            });
+        };
+        if let Some(known) = owners.check(task_id, tenant) {
+            return Box::pin(std::future::ready(Ok(known)));
+        }
+        let read_under = owners.generation();
+        Box::pin(async move {
+            let Some(record) = self.get_record(task_id).await? else {
+                return Ok(Ownership::NONE);
+            };
+            let owns = record.tenant == tenant;
+            owners.remember(read_under, task_id, &record.tenant, record.spend.clone());
+            Ok(Ownership {
+                owns,
+                spend: owns.then_some(record.spend),
+            })
+        })
+    }
+
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
             let Some(mut record) = self.get_record(task_id).await? else {
@@ -479,7 +546,9 @@ impl Ledger for RedisLedger {
                 .arg("KEEPTTL")
                 .query_async::<()>(&mut conn)
                 .await;
-            self.redis.observe(set).map_err(unavailable)
+            let stored = self.redis.observe(set).map_err(unavailable);
+            self.forget(task_id);
+            stored
         })
     }
 
@@ -583,9 +652,12 @@ impl Ledger for RedisLedger {
                         .arg(self.task_key(id))
                         .ignore();
                     let mut conn = self.redis.conn();
-                    self.redis
+                    let removal = self
+                        .redis
                         .observe(pipe.query_async::<()>(&mut conn).await)
-                        .map_err(unavailable)?;
+                        .map_err(unavailable);
+                    self.forget(id);
+                    removal?;
                     removed += 1;
                 }
             }
@@ -651,11 +723,9 @@ impl Ledger for RedisLedger {
                     .arg(&json)
                     .arg(new_json);
                 ops.add_to(&mut cmd);
-                let applied: i64 = self
-                    .redis
-                    .observe(cmd.query_async(&mut conn).await)
-                    .map_err(unavailable)?;
-                if applied == 1 {
+                let applied = self.redis.observe(cmd.query_async::<i64>(&mut conn).await);
+                self.forget(task_id);
+                if applied.map_err(unavailable)? == 1 {
                     return Ok(change.settlement);
                 }
             }

@@ -1,17 +1,26 @@
-//! The Redis backend, for several replicas: one connection shared by the
+//! The Redis backend, for several replicas: the connections shared by the
 //! Redis ledger ([`ledger`]) and the Redis rate limiter ([`limiter`]).
+//!
+//! Each worker thread has its own connection, made on its own runtime, so
+//! that a command on the request path is written, read and answered on the
+//! thread that serves the request: no wake-up of another thread per command,
+//! and the commands of one worker's concurrent requests share its writes.
+//! Everything else (the reconciler, the sweep, the admin API) uses one
+//! shared connection on the main runtime.
 //!
 //! The connection manager reconnects in the background; every command has
 //! short connect and response time-outs, so that a dead Redis makes requests
 //! fail closed quickly instead of hanging. An outage is logged and counted
 //! once, when it starts, and once more when Redis answers again.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::config::RedisUrl;
 use crate::metrics::Metrics;
@@ -19,13 +28,25 @@ use crate::metrics::Metrics;
 mod ledger;
 mod limiter;
 mod spend;
+mod tracking;
 
 pub use ledger::RedisLedger;
 pub use limiter::RedisLimiter;
 
-/// The shared connection and its health.
+thread_local! {
+    /// This worker thread's connections, one per [`Redis`] still alive.
+    static WORKER_CONNECTIONS: RefCell<Vec<(Weak<()>, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The connections and their health.
 pub struct Redis {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// For the main runtime's tasks.
+    shared: ConnectionManager,
+    /// Names this instance's entry in each worker's [`WORKER_CONNECTIONS`]
+    /// (and lets a worker drop the entries of instances that are gone).
+    alive: Arc<()>,
     prefix: String,
     up: AtomicBool,
     metrics: Arc<Metrics>,
@@ -60,10 +81,13 @@ impl Redis {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(down)?;
+        let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(down)?;
         metrics.set_redis_up(true);
         Ok(Arc::new(Self {
-            conn,
+            client,
+            config,
+            shared,
+            alive: Arc::new(()),
             prefix: prefix.to_string(),
             up: AtomicBool::new(true),
             metrics,
@@ -71,13 +95,51 @@ impl Redis {
         }))
     }
 
+    /// The client the connections are made from (for the tracking connection).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     pub fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
 
-    /// A handle for one command or pipeline (cheap: the manager is shared).
+    /// A handle for one command or pipeline (cheap: a manager is shared):
+    /// on a worker thread (a single-threaded runtime) that worker's own
+    /// connection, made on first use; elsewhere the shared one.
+    ///
+    /// A manager stays bound to the runtime it was made on, which holds
+    /// because a worker thread runs one runtime and ends with it.
     pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        let on_worker = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if !on_worker {
+            return self.shared.clone();
+        }
+        WORKER_CONNECTIONS.with_borrow_mut(|conns| {
+            if let Some((_, conn)) = conns
+                .iter()
+                .find(|(owner, _)| owner.as_ptr() == Arc::as_ptr(&self.alive))
+            {
+                return conn.clone();
+            }
+            conns.retain(|(owner, _)| owner.strong_count() > 0);
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+                Ok(conn) => {
+                    conns.push((Arc::downgrade(&self.alive), conn.clone()));
+                    conn
+                }
+                Err(_) => self.shared.clone(),
+            }
+        })
+    }
+
+    /// Drops this worker's connection after it failed, so that the next
+    /// command connects afresh (once Redis is back, the first request
+    /// succeeds instead of meeting the broken connection).
+    fn replace_worker_connection(&self) {
+        WORKER_CONNECTIONS.with_borrow_mut(|conns| {
+            conns.retain(|(owner, _)| owner.as_ptr() != Arc::as_ptr(&self.alive));
+        });
     }
 
     /// Records the outcome of a command: the first failure of an outage and
@@ -98,6 +160,7 @@ impl Redis {
                 };
                 // A script or type error is a bug, not an outage; still fail closed.
                 if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    self.replace_worker_connection();
                     if self.up.swap(false, Ordering::SeqCst) {
                         tracing::error!(redis = %self.url, kind = %err.kind, "redis unreachable; failing closed and reconnecting in the background");
                         self.metrics.redis_outage();

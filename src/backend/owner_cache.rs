@@ -1,15 +1,16 @@
-//! Owners the embedded ledger already looked up, so that the check on every
-//! get and delete is a hash lookup instead of a read transaction (whose
-//! tracker lock every worker takes) and a JSON parse of the stored record.
-//! With the owner, the mirror's spend state as last read, so that an answer
-//! that repeats what the mirror knows (most gets) is recognised the same way.
+//! Owners a ledger already looked up, so that the check on every get and
+//! delete is a hash lookup instead of a store read (a read transaction whose
+//! tracker lock every worker takes, or a Redis round trip) and a JSON parse
+//! of the stored record. With the owner, the mirror's spend state as last
+//! read, so that an answer that repeats what the mirror knows (most gets) is
+//! recognised the same way.
 //!
 //! Only owners found in the store are kept, never "no such task" (a task can
-//! be created a moment later). A task's owner changes only through the
-//! ledger's own writer (a grant to another tenant, a revoke, the retention
-//! sweep, a create over an existing id), and the writer drops the entries it
-//! touched right after its commit. A lookup that read the store before that
-//! commit must not put its stale answer back afterwards: every invalidation
+//! be created a moment later). Whoever changes an owner drops the entry after
+//! the change is committed: the embedded ledger's writer for its own writes,
+//! and for Redis also the invalidations Redis pushes for every replica's
+//! writes (`backend::redis::tracking`). A lookup that read the store before
+//! that must not put its stale answer back afterwards: every invalidation
 //! moves a generation counter, and an answer is kept only if the generation
 //! it was read under is still the current one.
 
@@ -30,7 +31,7 @@ struct Known {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct OwnerCache {
+pub(crate) struct OwnerCache {
     owners: RwLock<HashMap<Box<str>, Known>>,
     /// Moved (under the write lock) by every invalidation.
     generation: AtomicU64,
@@ -38,11 +39,11 @@ pub(super) struct OwnerCache {
 
 /// Where a lookup stands before it reads the store.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Generation(u64);
+pub(crate) struct Generation(u64);
 
 impl OwnerCache {
     /// The owner check from memory, with the spend when the tenant owns the task.
-    pub(super) fn check(&self, task_id: &str, tenant: &str) -> Option<crate::ledger::Ownership> {
+    pub(crate) fn check(&self, task_id: &str, tenant: &str) -> Option<crate::ledger::Ownership> {
         let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
         owners.get(task_id).map(|known| {
             let owns = *known.owner == *tenant;
@@ -54,20 +55,20 @@ impl OwnerCache {
     }
 
     /// The task's spend as last read, when known.
-    pub(super) fn spend(&self, task_id: &str) -> Option<TaskSpend> {
+    pub(crate) fn spend(&self, task_id: &str) -> Option<TaskSpend> {
         let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
         owners.get(task_id).and_then(|known| known.spend.clone())
     }
 
     /// Taken before reading the store, for [`OwnerCache::remember`].
-    pub(super) fn generation(&self) -> Generation {
+    pub(crate) fn generation(&self) -> Generation {
         Generation(self.generation.load(Ordering::Acquire))
     }
 
     /// Keeps the owner and spend read from the store, unless an
     /// invalidation happened since `read_under` was taken (the answer may
     /// predate it).
-    pub(super) fn remember_spend(&self, read_under: Generation, task_id: &str, owner: &str, spend: TaskSpend) {
+    pub(crate) fn remember_spend(&self, read_under: Generation, task_id: &str, owner: &str, spend: TaskSpend) {
         let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
         if self.generation.load(Ordering::Acquire) != read_under.0 {
             return;
@@ -85,7 +86,7 @@ impl OwnerCache {
     }
 
     /// Forgets these tasks' owners (after a commit that may have changed them).
-    pub(super) fn forget<'a>(&self, task_ids: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn forget<'a>(&self, task_ids: impl IntoIterator<Item = &'a str>) {
         let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
         for id in task_ids {
@@ -94,7 +95,7 @@ impl OwnerCache {
     }
 
     /// Forgets every owner (after a sweep batch that failed part way).
-    pub(super) fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         let mut owners = self.owners.write().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
         owners.clear();
