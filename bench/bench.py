@@ -692,7 +692,7 @@ def render(r):
         "knowledge, one stream in flight per connection like wrk's connections; percentiles from h2load's request log).",
         "",
         "`ark-gateway+redis`: the same gateway with `store.backend = \"redis\"` and `rate_limit.backend = \"redis\"` "
-        "(redis-server on a unix socket, appendonly yes, appendfsync always): one GCRA script and one ledger read per GET.",
+        "(redis-server on a unix socket, appendonly yes, appendfsync always): one GCRA script per GET, the owner from the replica's tracked cache.",
         "",
         f"Audit: {r['audit']['lines']} records; `ark-gateway audit verify`: {r['audit']['verify']}",
     ]

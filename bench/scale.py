@@ -368,11 +368,12 @@ def section_idle(work, mock_url, args):
 def render(r):
     dates = ", ".join(f"{k} {v}" for k, v in r.get("dates", {}).items())
     lines = ["# Scale", "", f"{r['cores']} cores; `bench/scale.sh` (UTC run times: {dates}). GETs by wrk ({r['d']} s rounds, "
-             f"{r['rounds']} interleaved, medians), the gateway against `ark-gateway mock-upstream` on loopback.", ""]
+             "medians), the gateway against `ark-gateway mock-upstream` on loopback.", ""]
     if "tenants" in r:
         t = r["tenants"]
+        rounds = len(next(iter(t.values()))["runs"])
         lines += ["## Tenants", "", "CPU per proxied GET (64 connections) with the last-listed tenant's token; spend "
-                  "governance on (prices, quota, budget per tenant).", "",
+                  f"governance on (prices, quota, budget per tenant); {rounds} interleaved rounds.", "",
                   "| tenants | CPU s / 10k GET | req/s | p99 ms | start-up s | RSS after start MiB |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
         for n, v in t.items():
             lines.append(f"| {n} | {v['cpu_s_per_10k']:.3f} | {v['rps']:.0f} | {v['p99_ms']:.2f} | {v['startup_s']:.2f} | {v['rss_after_start_kib'] / 1024:.1f} |")
@@ -451,14 +452,16 @@ def main():
     result = json.loads(json.dumps(result))
     (work / "scale.json").write_text(json.dumps(result, indent=2))
     if args.save and (bench.BENCH / "scale.json").exists():
-        # Sections not run this time keep their last saved figures.
+        # Sections not run this time keep their last saved figures and dates.
         saved = json.loads((bench.BENCH / "scale.json").read_text())
+        dates = {**saved.get("dates", {}), **result.get("dates", {})}
         saved.update(result)
+        saved["dates"] = dates
         result = saved
     md = render(result)
     (work / "SCALE.md").write_text(md)
     if args.save:
-        shutil.copy(work / "scale.json", bench.BENCH / "scale.json")
+        (bench.BENCH / "scale.json").write_text(json.dumps(result, indent=2))
         shutil.copy(work / "SCALE.md", bench.BENCH / "SCALE.md")
     print(md)
     return 0

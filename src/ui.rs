@@ -86,9 +86,16 @@ pub(crate) async fn page(
         }
 
         html.push_str("<h3>Latest tasks</h3>");
-        let mut tasks = ledger.owned_tasks(name, now.saturating_sub(LATEST_WINDOW_MS)).await?;
-        tasks.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| a.task_id.cmp(&b.task_id)));
-        tasks.truncate(LATEST_TASKS);
+        let since = now.saturating_sub(LATEST_WINDOW_MS);
+        // A store that pages reads only the newest few; otherwise the day's tasks.
+        let tasks = match ledger.owned_page(name, since, 0, LATEST_TASKS).await? {
+            Some(page) => page.tasks,
+            None => {
+                let mut tasks = ledger.owned_tasks(name, since).await?;
+                tasks.truncate(LATEST_TASKS);
+                tasks
+            }
+        };
         if tasks.is_empty() {
             html.push_str("<p class=\"none\">none in the last 24 h</p>");
         } else {

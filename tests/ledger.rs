@@ -118,6 +118,56 @@ async fn create_many(env: &TestEnv, token: &'static str, n: usize) -> Vec<String
     ids
 }
 
+/// A tenant without static grants, listing with no filter: the ledger's
+/// counts give the total and the page, and Ark is asked about the page only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_unfiltered_list_is_counted_and_paged_by_the_ledger() {
+    let env = TestEnv::start().await;
+    let betas = create_many(&env, BETA, 130).await;
+    let cancelled = &betas[..3];
+    for id in cancelled {
+        assert_eq!(env.call("DELETE", &task(id), Some(BETA), None).await.status, 200);
+    }
+    let mut seen = Vec::new();
+    let mut created = Vec::new();
+    for (page, size) in [(1, 50), (2, 50), (3, 50), (4, 50)] {
+        let before = env.upstream_count();
+        let json = env
+            .call(
+                "GET",
+                &format!("{TASKS}?page_size={size}&page_num={page}"),
+                Some(BETA),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(json["total"], 130, "page {page}: cancelled tasks are still listed");
+        let ids = ids_of(&json);
+        assert_eq!(ids.len(), [50, 50, 30, 0][page - 1], "page {page}");
+        let calls = env.upstream_count() - before;
+        assert_eq!(calls, usize::from(!ids.is_empty()), "page {page}: upstream calls");
+        for item in json["items"].as_array().unwrap() {
+            created.push(item["created_at"].as_u64().unwrap());
+        }
+        seen.extend(ids);
+    }
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>(),
+        betas.iter().collect::<HashSet<_>>(),
+        "the pages hold each task once"
+    );
+    assert_eq!(seen.len(), 130);
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first across pages");
+    let alpha = env
+        .call("GET", &format!("{TASKS}?page_size=100"), Some(ALPHA), None)
+        .await
+        .json();
+    assert!(
+        ids_of(&alpha).iter().all(|id| !betas.contains(id)),
+        "another tenant sees none of them"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_page_correctly_beyond_one_upstream_call() {
     let env = TestEnv::start().await;

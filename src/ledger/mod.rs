@@ -99,6 +99,13 @@ pub struct OwnedTask {
     pub status: Option<ArkStatus>,
 }
 
+/// A page of a tenant's tasks, and how many the whole list holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPage {
+    pub total: usize,
+    pub tasks: Vec<OwnedTask>,
+}
+
 /// A create about to be forwarded.
 #[derive(Debug, Clone)]
 pub struct CreateIntent {
@@ -200,6 +207,19 @@ pub trait Ledger: Send + Sync + 'static {
     fn set_state<'a>(&'a self, task_id: &'a str, state: TaskState) -> LedgerFuture<'a, ()>;
     /// The tenant's tasks created at or after `since_ms`, newest first, deleted ones left out.
     fn owned_tasks<'a>(&'a self, tenant: &'a str, since_ms: u64) -> LedgerFuture<'a, Vec<OwnedTask>>;
+    /// One page of [`Ledger::owned_tasks`] (`size` tasks after the first
+    /// `start`) and how many there are in all, where the store can answer
+    /// without reading them all; `None` where it cannot.
+    fn owned_page<'a>(
+        &'a self,
+        tenant: &'a str,
+        since_ms: u64,
+        start: usize,
+        size: usize,
+    ) -> LedgerFuture<'a, Option<OwnedPage>> {
+        let _ = (tenant, since_ms, start, size);
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// Every record, optionally of one tenant (for the admin CLI).
     fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>>;
     /// Gives existing tasks to a tenant (admin). Returns how many were written.

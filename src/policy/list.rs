@@ -104,9 +104,47 @@ pub(super) async fn list_candidates(
     Ok(candidates)
 }
 
+/// The page as the ledger counts it, for a list that is the ledger's alone
+/// (no filter, no static grants) and too long for one upstream call: the
+/// ledger's counts give the total and the page's tasks without reading the
+/// whole window. `None`: plan from [`list_candidates`].
+pub(super) async fn counted_page(
+    ledger: &dyn Ledger,
+    tenant: &Tenant,
+    query: &ListQuery,
+) -> Result<Option<CountedPage>, GatewayError> {
+    if query.filters() || !tenant.grants.exact.is_empty() {
+        return Ok(None);
+    }
+    let since = now_ms().saturating_sub(LIST_WINDOW.as_millis() as u64);
+    let page = ledger
+        .owned_page(
+            tenant.name.as_str(),
+            since,
+            query.page_start(),
+            query.page_size() as usize,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "ledger read failed; refusing list");
+            GatewayError::LedgerUnavailable
+        })?;
+    Ok(page
+        .filter(|page| page.total > IDS_PER_UPSTREAM_CALL)
+        .map(|page| CountedPage {
+            total: page.total,
+            entries: page
+                .tasks
+                .iter()
+                .filter_map(|t| TaskId::parse(&t.task_id))
+                .map(|id| (id, None))
+                .collect(),
+        }))
+}
+
 /// How a list is answered. Never more than [`IDS_PER_UPSTREAM_CALL`] ids go
 /// into one upstream URL.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(super) enum ListPlan {
     /// Nothing the tenant may see: `{"total": 0, "items": []}`, answered here.
     Empty,
@@ -125,6 +163,9 @@ pub(super) enum ListPlan {
         local: Vec<(u64, TaskId)>,
         remote: Vec<TaskId>,
     },
+    /// Counted and paged by the ledger ([`counted_page`]): Ark is asked only
+    /// about the page's tasks.
+    Counted(CountedPage),
 }
 
 /// Decides how to answer a list over `candidates`.
@@ -201,17 +242,17 @@ pub(super) fn count_here(local: Vec<(u64, TaskId)>, fetched: Vec<Value>, start: 
     }
 }
 
-/// Carries out the plan for `candidates`.
+/// Carries out `plan`.
 pub(super) async fn list<S: Upstream>(
     inner: S,
     parts: Parts,
     query: &ListQuery,
-    candidates: Vec<Candidate>,
+    plan: ListPlan,
     note: &AuditNote,
 ) -> Result<GatewayResponse, GatewayError> {
     let page_size = query.page_size() as usize;
-    let start = (query.page_num() as usize - 1).saturating_mul(page_size);
-    match plan(candidates, query) {
+    let start = query.page_start();
+    match plan {
         ListPlan::Empty => {
             note.record(|facts| facts.answered_locally = true);
             Ok(json_response(&serde_json::json!({"total": 0, "items": []})))
@@ -246,30 +287,40 @@ pub(super) async fn list<S: Upstream>(
                     Err(refusal) => return Ok(refusal),
                 },
             };
-            let page = count_here(local, fetched, start, page_size);
-            let missing = page.missing();
-            let mut found: HashMap<String, Value> = HashMap::new();
-            if !missing.is_empty() {
-                let items = match fetch_items(inner, &parts, query, missing).await? {
-                    Ok(items) => items,
-                    Err(refusal) => return Ok(refusal),
-                };
-                for item in items {
-                    if let Some(id) = item.get("id").and_then(Value::as_str) {
-                        found.insert(id.to_string(), item.clone());
-                    }
-                }
+            answer_page(inner, &parts, query, count_here(local, fetched, start, page_size)).await
+        }
+        ListPlan::Counted(page) => answer_page(inner, &parts, query, page).await,
+    }
+}
+
+/// Fills in the page's items Ark has not sent yet, and answers it.
+async fn answer_page<S: Upstream>(
+    inner: S,
+    parts: &Parts,
+    query: &ListQuery,
+    page: CountedPage,
+) -> Result<GatewayResponse, GatewayError> {
+    let missing = page.missing();
+    let mut found: HashMap<String, Value> = HashMap::new();
+    if !missing.is_empty() {
+        let items = match fetch_items(inner, parts, query, missing).await? {
+            Ok(items) => items,
+            Err(refusal) => return Ok(refusal),
+        };
+        for item in items {
+            if let Some(id) = item.get("id").and_then(Value::as_str) {
+                found.insert(id.to_string(), item.clone());
             }
-            // A task the ledger holds but Ark no longer lists (deleted
-            // elsewhere, expired) leaves a gap in its page (docs/architecture.md).
-            let items: Vec<_> = page
-                .entries
-                .into_iter()
-                .filter_map(|(id, item)| item.or_else(|| found.remove(id.as_str())))
-                .collect();
-            Ok(json_response(&serde_json::json!({"total": page.total, "items": items})))
         }
     }
+    // A task the ledger holds but Ark no longer lists (deleted
+    // elsewhere, expired) leaves a gap in its page (docs/architecture.md).
+    let items: Vec<_> = page
+        .entries
+        .into_iter()
+        .filter_map(|(id, item)| item.or_else(|| found.remove(id.as_str())))
+        .collect();
+    Ok(json_response(&serde_json::json!({"total": page.total, "items": items})))
 }
 
 #[derive(Deserialize)]

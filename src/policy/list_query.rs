@@ -78,6 +78,17 @@ impl ListQuery {
         self.page_size.unwrap_or(DEFAULT_PAGE_SIZE)
     }
 
+    /// How many tasks come before the requested page.
+    pub fn page_start(&self) -> usize {
+        (self.page_num() as usize - 1).saturating_mul(self.page_size() as usize)
+    }
+
+    /// Whether the query narrows the list (otherwise it is the tenant's
+    /// whole list, paged).
+    pub fn filters(&self) -> bool {
+        self.status.is_some() || self.model.is_some() || self.service_tier.is_some() || self.task_ids.is_some()
+    }
+
     /// The upstream query for `ids`, with the given paging and this query's filters.
     pub fn upstream_query(&self, ids: &[TaskId], page_num: u32, page_size: u32) -> String {
         let mut out = form_urlencoded::Serializer::new(String::with_capacity(64 + ids.len() * 44));

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 
 use super::create::{check_create_body, create, read_body};
-use super::list::{list, list_candidates};
+use super::list::{counted_page, list, list_candidates, plan, ListPlan};
 use super::task::{authorize_task, record_delete_outcome};
 use super::{ListQuery, PolicyLimits, UpstreamQuery};
 use crate::audit::AuditNote;
@@ -243,9 +243,12 @@ where
         (Operation::List, _) => {
             Box::pin(async {
                 let query = ListQuery::parse(req.uri().query())?;
-                let candidates = list_candidates(ledger, &tenant, &query).await?;
+                let plan = match counted_page(ledger, &tenant, &query).await? {
+                    Some(page) => ListPlan::Counted(page),
+                    None => plan(list_candidates(ledger, &tenant, &query).await?, &query),
+                };
                 let (parts, _unread_body) = req.into_parts();
-                let response = list(inner, parts, &query, candidates, &note).await?;
+                let response = list(inner, parts, &query, plan, &note).await?;
                 if response.status() != StatusCode::OK {
                     return Ok(response);
                 }

@@ -35,6 +35,11 @@ const BY_TENANT: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::ne
 const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
 /// (created_ms, task id): the retention sweep takes the oldest in bounded batches.
 const BY_CREATED: TableDefinition<(u64, &str), ()> = TableDefinition::new("tasks_by_created");
+/// (tenant, hour of creation) → how many of that hour's `BY_TENANT` entries
+/// are not deleted: a list's total and the start of a deep page without
+/// reading the whole index.
+const LIST_COUNTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("list_counts");
+const HOUR_MS: u64 = 3_600_000;
 /// intent id → [`IntentEntry`] (JSON): creates forwarded and not yet settled.
 const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("create_intents");
 
@@ -46,9 +51,14 @@ const WRITE_QUEUE: usize = 8192;
 const MAX_GROUP: usize = 512;
 /// Most expired tasks one sweep transaction removes, so that a sweep over a
 /// million records never holds the writer long enough to stall creates: a
-/// removal costs about 50 µs (its spend settled, four tables updated), so a
-/// batch holds the writer for about 2.5 ms (`bench/scale.sh --only tasks sweep`).
+/// removal costs about 60 µs (its spend settled, five tables updated), so a
+/// batch holds the writer for about 3 ms (`bench/scale.sh --only tasks sweep`).
 pub const SWEEP_BATCH: usize = 50;
+/// After each batch the sweep waits this many times as long as the batch
+/// took. Its commits skip the fsync, so the next durable commit (a create's)
+/// writes their pages out: at full speed a sweep tripled the create p99, and
+/// paced to a third of the writer it leaves creates their own disk time.
+const SWEEP_PAUSE_FACTOR: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct IntentEntry {
@@ -170,8 +180,10 @@ impl RedbLedger {
             txn.open_table(KEYS).map_err(unavailable)?;
             txn.open_table(INTENTS).map_err(unavailable)?;
             txn.open_table(BY_CREATED).map_err(unavailable)?;
+            txn.open_table(LIST_COUNTS).map_err(unavailable)?;
             spend::open_tables(&txn)?;
             index_by_created(&txn)?;
+            count_listed(&txn)?;
             release_dead_intents(&txn)?;
             spend::adopt_unmirrored(&txn)?;
         }
@@ -270,6 +282,46 @@ fn index_by_created(txn: &WriteTransaction) -> Result<(), LedgerError> {
         index.insert((created, k.value()), ()).map_err(unavailable)?;
     }
     meta.insert("by_created", 1).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Once per file: the list counts of the tasks written before they existed.
+fn count_listed(txn: &WriteTransaction) -> Result<(), LedgerError> {
+    let mut meta = txn.open_table(spend::META).map_err(unavailable)?;
+    if meta.get("list_counts").map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+    let mut counts: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+    for entry in index.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let (tenant, created_ms, _) = k.value();
+        if decode_index(v.value()).0 != TaskState::Deleted {
+            *counts.entry((tenant.to_string(), created_ms / HOUR_MS)).or_default() += 1;
+        }
+    }
+    let mut table = txn.open_table(LIST_COUNTS).map_err(unavailable)?;
+    table.retain(|_, _| false).map_err(unavailable)?;
+    for ((tenant, hour), n) in counts {
+        table.insert((tenant.as_str(), hour), n).map_err(unavailable)?;
+    }
+    meta.insert("list_counts", 1).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Moves the list count of `record`'s hour by one, if it is listed (not deleted).
+fn count_listing(txn: &WriteTransaction, record: &TaskRecord, add: bool) -> Result<(), LedgerError> {
+    if record.state == TaskState::Deleted {
+        return Ok(());
+    }
+    let mut counts = txn.open_table(LIST_COUNTS).map_err(unavailable)?;
+    let key = (record.tenant.as_str(), record.created_ms / HOUR_MS);
+    let n = counts.get(key).map_err(unavailable)?.map_or(0, |v| v.value());
+    match (add, n) {
+        (true, n) => drop(counts.insert(key, n + 1).map_err(unavailable)?),
+        (false, 0 | 1) => drop(counts.remove(key).map_err(unavailable)?),
+        (false, n) => drop(counts.insert(key, n - 1).map_err(unavailable)?),
+    }
     Ok(())
 }
 
@@ -422,6 +474,74 @@ fn owned_since(db: &Database, tenant: &str, since_ms: u64) -> Result<Vec<OwnedTa
     Ok(out)
 }
 
+/// One page of [`owned_since`] and its total, reading the list counts, the
+/// window's oldest hour and the page's own hours: the cost follows the page
+/// number, not the tenant's task count.
+fn owned_page(db: &Database, tenant: &str, since_ms: u64, start: usize, size: usize) -> Result<OwnedPage, LedgerError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(unavailable)?;
+    let index = txn.open_table(BY_TENANT).map_err(unavailable)?;
+    let counts = txn.open_table(LIST_COUNTS).map_err(unavailable)?;
+    let listed = |v: &[u8]| decode_index(v).0 != TaskState::Deleted;
+    // Whole hours after the window's first one are counted; that first
+    // hour's tasks from `since_ms` on are read.
+    let first_full_hour = since_ms / HOUR_MS + 1;
+    let mut hours = Vec::new();
+    for entry in counts
+        .range((tenant, first_full_hour)..=(tenant, u64::MAX))
+        .map_err(unavailable)?
+    {
+        let (k, v) = entry.map_err(unavailable)?;
+        hours.push((k.value().1, v.value() as usize));
+    }
+    let mut total = hours.iter().map(|(_, n)| n).sum::<usize>();
+    for entry in index
+        .range((tenant, since_ms, "")..(tenant, first_full_hour * HOUR_MS, ""))
+        .map_err(unavailable)?
+    {
+        let (_, v) = entry.map_err(unavailable)?;
+        total += usize::from(listed(v.value()));
+    }
+    // Skip the newest hours the page starts after.
+    let mut skip = start;
+    let mut upper = Bound::Included((tenant, u64::MAX, "~"));
+    for (hour, n) in hours.iter().rev() {
+        if skip < *n {
+            break;
+        }
+        skip -= n;
+        upper = Bound::Excluded((tenant, hour * HOUR_MS, ""));
+    }
+    let mut tasks = Vec::with_capacity(size.min(total.saturating_sub(start)));
+    if size > 0 && start < total {
+        let range = index
+            .range::<(&str, u64, &str)>((Bound::Included((tenant, since_ms, "")), upper))
+            .map_err(unavailable)?;
+        for entry in range.rev() {
+            let (k, v) = entry.map_err(unavailable)?;
+            if !listed(v.value()) {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let (_, created_ms, task_id) = k.value();
+            let (_, model, status) = decode_index(v.value());
+            tasks.push(OwnedTask {
+                task_id: task_id.to_string(),
+                model,
+                created_ms,
+                status,
+            });
+            if tasks.len() == size {
+                break;
+            }
+        }
+    }
+    Ok(OwnedPage { total, tasks })
+}
+
 /// The mirror's statuses in the index, by their place in [`ArkStatus::ALL`] (0: unknown).
 const STATUSES: [ArkStatus; 6] = ArkStatus::ALL;
 /// Set in the first byte of an index value that carries a status byte
@@ -466,13 +586,17 @@ fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), LedgerErr
     let mut tasks = txn.open_table(TASKS).map_err(unavailable)?;
     let mut index = txn.open_table(BY_TENANT).map_err(unavailable)?;
     let mut by_created = txn.open_table(BY_CREATED).map_err(unavailable)?;
-    if let Some(old) = tasks.get(record.task_id.as_str()).map_err(unavailable)? {
+    let old = tasks
+        .get(record.task_id.as_str())
+        .map_err(unavailable)?
+        .and_then(|old| serde_json::from_slice::<TaskRecord>(old.value()).ok());
+    if let Some(old) = &old {
         // A re-grant may move the task to another tenant: drop the old index entries.
-        if let Ok(old) = serde_json::from_slice::<TaskRecord>(old.value()) {
-            drop(index.remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str())));
-            drop(by_created.remove((old.created_ms, old.task_id.as_str())));
-        }
+        drop(index.remove((old.tenant.as_str(), old.created_ms, old.task_id.as_str())));
+        drop(by_created.remove((old.created_ms, old.task_id.as_str())));
+        count_listing(txn, old, false)?;
     }
+    count_listing(txn, record, true)?;
     by_created
         .insert((record.created_ms, record.task_id.as_str()), ())
         .map_err(unavailable)?;
@@ -514,6 +638,7 @@ fn remove_task(txn: &WriteTransaction, task_id: &str) -> Result<bool, LedgerErro
         by_created
             .remove((old.created_ms, old.task_id.as_str()))
             .map_err(unavailable)?;
+        count_listing(txn, &old, false)?;
     }
     Ok(true)
 }
@@ -826,6 +951,22 @@ impl Ledger for RedbLedger {
         })
     }
 
+    fn owned_page<'a>(
+        &'a self,
+        tenant: &'a str,
+        since_ms: u64,
+        start: usize,
+        size: usize,
+    ) -> LedgerFuture<'a, Option<OwnedPage>> {
+        let (db, tenant) = (self.db.clone(), tenant.to_string());
+        // A deep page still reads its own hours: off the worker thread, as lists are.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || owned_page(&db, &tenant, since_ms, start, size).map(Some))
+                .await
+                .map_err(unavailable)?
+        })
+    }
+
     fn all_tasks<'a>(&'a self, tenant: Option<&'a str>) -> LedgerFuture<'a, Vec<TaskRecord>> {
         let result = (|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
@@ -864,6 +1005,7 @@ impl Ledger for RedbLedger {
             // creates queued meanwhile commit between them.
             let (mut tasks, mut batches) = (0, 0);
             loop {
+                let started = std::time::Instant::now();
                 let n = match self.write(Op::SweepTasks(before.tasks_ms)).await? {
                     Outcome::SweptTasks(ids) => ids.len(),
                     _ => return Err(unavailable("unexpected ledger outcome")),
@@ -873,6 +1015,7 @@ impl Ledger for RedbLedger {
                 if n < SWEEP_BATCH {
                     break;
                 }
+                tokio::time::sleep(started.elapsed() * SWEEP_PAUSE_FACTOR).await;
             }
             match self.write(Op::SweepRest(before)).await? {
                 Outcome::Swept(report) => Ok(SweepReport {
@@ -1008,6 +1151,91 @@ impl Ledger for RedbLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn record(task: u8, tenant: u8, created_ms: u64, state: TaskState) -> TaskRecord {
+        TaskRecord {
+            task_id: format!("cgt-{task:03}"),
+            tenant: format!("t{tenant}"),
+            model: (task % 2 == 0).then(|| "m".to_string()),
+            created_ms,
+            client_request_id: None,
+            state,
+            source: TaskSource::Created,
+            spend: Default::default(),
+        }
+    }
+
+    fn counts(db: &Database) -> Vec<((String, u64), u64)> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(LIST_COUNTS).unwrap();
+        let rows = table.iter().unwrap().map(|e| {
+            let (k, v) = e.unwrap();
+            let (tenant, hour) = k.value();
+            ((tenant.to_string(), hour), v.value())
+        });
+        rows.collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any mix of creates, state changes, moves between tenants and
+        /// removals: every page and total read through the counts is the
+        /// slice of the whole list, and the counts kept by the writes are
+        /// the counts built from scratch.
+        #[test]
+        fn pages_read_through_the_counts_are_slices_of_the_whole_list(
+            ops in proptest::collection::vec((0u8..30, 0u8..3, 0u64..(8 * HOUR_MS), 0u8..5), 1..120),
+            since in 0u64..(8 * HOUR_MS),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+            let db = ledger.db.clone();
+            let txn = db.begin_write().unwrap();
+            for (task, tenant, created_ms, action) in ops {
+                let state = match action {
+                    0 => TaskState::Active,
+                    1 => TaskState::Cancelled,
+                    2 => TaskState::Deleted,
+                    3 => {
+                        remove_task(&txn, &format!("cgt-{task:03}")).unwrap();
+                        continue;
+                    }
+                    // A state change keeps the tenant and creation time.
+                    _ => match read_task(&txn, &format!("cgt-{task:03}")).unwrap() {
+                        Some(mut old) => {
+                            old.state = TaskState::Deleted;
+                            put_task(&txn, &old).unwrap();
+                            continue;
+                        }
+                        None => TaskState::Active,
+                    },
+                };
+                put_task(&txn, &record(task, tenant, created_ms, state)).unwrap();
+            }
+            txn.commit().unwrap();
+            for tenant in ["t0", "t1", "t2", "t9"] {
+                for since_ms in [0, since] {
+                    let whole = owned_since(&db, tenant, since_ms).unwrap();
+                    for start in 0..=whole.len() + 1 {
+                        for size in [0, 1, 3, 50] {
+                            let page = owned_page(&db, tenant, since_ms, start, size).unwrap();
+                            prop_assert_eq!(page.total, whole.len());
+                            let want: Vec<_> = whole.iter().skip(start).take(size).cloned().collect();
+                            prop_assert_eq!(page.tasks, want, "{} since {} start {} size {}", tenant, since_ms, start, size);
+                        }
+                    }
+                }
+            }
+            let kept = counts(&db);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(spend::META).unwrap().remove("list_counts").unwrap();
+            count_listed(&txn).unwrap();
+            txn.commit().unwrap();
+            prop_assert_eq!(kept, counts(&db));
+        }
+    }
 
     #[test]
     fn index_values_carry_the_status_and_read_the_older_layout() {

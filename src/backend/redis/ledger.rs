@@ -67,7 +67,7 @@ impl RedisLedger {
     /// caller must know.
     pub async fn owners_confirmed(&self) {
         if let Some((owners, _)) = &self.owners {
-            owners.confirmed_since(tokio::time::Instant::now()).await;
+            owners.confirmed_since(std::time::Instant::now()).await;
         }
     }
 
@@ -515,7 +515,7 @@ impl Ledger for RedisLedger {
                 })
             });
         };
-        if let Some(known) = owners.check(task_id, tenant) {
+        if let Some(known) = owners.check(task_id, tenant, std::time::Instant::now()) {
             return Box::pin(std::future::ready(Ok(known)));
         }
         let read_under = owners.generation();
@@ -524,7 +524,13 @@ impl Ledger for RedisLedger {
                 return Ok(Ownership::NONE);
             };
             let owns = record.tenant == tenant;
-            owners.remember(read_under, task_id, &record.tenant, record.spend.clone());
+            owners.remember(
+                read_under,
+                task_id,
+                &record.tenant,
+                record.spend.clone(),
+                std::time::Instant::now(),
+            );
             Ok(Ownership {
                 owns,
                 spend: owns.then_some(record.spend),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::backend::owner_cache::{Generation, OwnerCache};
 use crate::ledger::Ownership;
@@ -67,16 +67,20 @@ impl TrackedOwners {
         let _ = confirmed.wait_for(|at| at.is_some_and(|at| at >= since)).await;
     }
 
-    fn fresh(&self) -> bool {
+    /// Whether the last proof is recent enough at `now` for the cache to answer.
+    fn fresh(&self, now: Instant) -> bool {
         match self.confirmed_ms.load(Ordering::Acquire) {
             0 => false,
-            at => (self.epoch.elapsed().as_millis() as u64).saturating_sub(at - 1) <= STALE_AFTER.as_millis() as u64,
+            at => {
+                let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+                now_ms.saturating_sub(at - 1) <= STALE_AFTER.as_millis() as u64
+            }
         }
     }
 
     /// The owner check from memory, while the cache is confirmed.
-    pub(crate) fn check(&self, task_id: &str, tenant: &str) -> Option<Ownership> {
-        if !self.fresh() {
+    pub(crate) fn check(&self, task_id: &str, tenant: &str, now: Instant) -> Option<Ownership> {
+        if !self.fresh(now) {
             return None;
         }
         self.cache.check(task_id, tenant)
@@ -89,8 +93,8 @@ impl TrackedOwners {
 
     /// Keeps what a read found, unless anything was forgotten since
     /// `read_under` (the answer may predate that change).
-    pub(crate) fn remember(&self, read_under: Generation, task_id: &str, owner: &str, spend: TaskSpend) {
-        if self.fresh() {
+    pub(crate) fn remember(&self, read_under: Generation, task_id: &str, owner: &str, spend: TaskSpend, now: Instant) {
+        if self.fresh(now) {
             self.cache.remember_spend(read_under, task_id, owner, spend);
         }
     }
@@ -230,30 +234,40 @@ mod tests {
         }
     }
 
-    fn owned(owners: &TrackedOwners, id: &str, tenant: &str) -> Option<bool> {
-        owners.check(id, tenant).map(|o| o.owns)
+    fn owned(owners: &TrackedOwners, id: &str, tenant: &str, now: Instant) -> Option<bool> {
+        owners.check(id, tenant, now).map(|o| o.owns)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_cache_answers_only_while_redis_recently_confirmed_it() {
+    fn remember(owners: &TrackedOwners, read_under: Generation, id: &str, now: Instant) {
+        owners.remember(read_under, id, "alpha", TaskSpend::default(), now);
+    }
+
+    /// The clock is the `now` each call is given: the test steps it.
+    #[test]
+    fn the_cache_answers_only_while_redis_recently_confirmed_it() {
         let owners = TrackedOwners::new("p:task:".into());
-        owners.remember(owners.generation(), "cgt-1", "alpha", TaskSpend::default());
+        let t0 = Instant::now();
+        remember(&owners, owners.generation(), "cgt-1", t0);
         assert_eq!(
-            owned(&owners, "cgt-1", "alpha"),
+            owned(&owners, "cgt-1", "alpha", t0),
             None,
             "nothing is kept before a confirmation"
         );
-        owners.confirm(Instant::now());
-        owners.remember(owners.generation(), "cgt-1", "alpha", TaskSpend::default());
-        assert_eq!(owned(&owners, "cgt-1", "alpha"), Some(true));
-        assert_eq!(owned(&owners, "cgt-1", "beta"), Some(false));
-        tokio::time::advance(STALE_AFTER).await;
-        assert_eq!(owned(&owners, "cgt-1", "alpha"), Some(true), "at the bound");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(owned(&owners, "cgt-1", "alpha"), None, "past the bound nothing answers");
-        owners.confirm(Instant::now());
+        owners.confirm(t0);
+        remember(&owners, owners.generation(), "cgt-1", t0);
+        assert_eq!(owned(&owners, "cgt-1", "alpha", t0), Some(true));
+        assert_eq!(owned(&owners, "cgt-1", "beta", t0), Some(false));
+        let bound = t0 + STALE_AFTER;
+        assert_eq!(owned(&owners, "cgt-1", "alpha", bound), Some(true), "at the bound");
+        let past = bound + Duration::from_millis(1);
         assert_eq!(
-            owned(&owners, "cgt-1", "alpha"),
+            owned(&owners, "cgt-1", "alpha", past),
+            None,
+            "past the bound nothing answers"
+        );
+        owners.confirm(past);
+        assert_eq!(
+            owned(&owners, "cgt-1", "alpha", past),
             Some(true),
             "a new proof vouches again"
         );
@@ -261,32 +275,33 @@ mod tests {
             kind: PushKind::Disconnection,
             data: vec![],
         });
-        owners.confirm(Instant::now());
+        owners.confirm(past);
         assert_eq!(
-            owned(&owners, "cgt-1", "alpha"),
+            owned(&owners, "cgt-1", "alpha", past),
             None,
             "a dropped connection empties it"
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pushed_invalidations_forget_task_records_and_a_flush_forgets_all() {
+    #[test]
+    fn pushed_invalidations_forget_task_records_and_a_flush_forgets_all() {
         let owners = TrackedOwners::new("p:task:".into());
-        owners.confirm(Instant::now());
+        let now = Instant::now();
+        owners.confirm(now);
         for id in ["cgt-1", "cgt-2", "cgt-3"] {
-            owners.remember(owners.generation(), id, "alpha", TaskSpend::default());
+            remember(&owners, owners.generation(), id, now);
         }
         let read_before = owners.generation();
         owners.pushed(invalidate(&["p:task:cgt-1", "other:task:cgt-2", "p:tenant:alpha"]));
-        assert_eq!(owned(&owners, "cgt-1", "alpha"), None);
+        assert_eq!(owned(&owners, "cgt-1", "alpha", now), None);
         assert_eq!(
-            owned(&owners, "cgt-2", "alpha"),
+            owned(&owners, "cgt-2", "alpha", now),
             Some(true),
             "another prefix is not ours"
         );
-        owners.remember(read_before, "cgt-1", "alpha", TaskSpend::default());
+        remember(&owners, read_before, "cgt-1", now);
         assert_eq!(
-            owned(&owners, "cgt-1", "alpha"),
+            owned(&owners, "cgt-1", "alpha", now),
             None,
             "a read from before the push is not kept"
         );
@@ -294,7 +309,7 @@ mod tests {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         });
-        assert_eq!(owned(&owners, "cgt-2", "alpha"), None);
-        assert_eq!(owned(&owners, "cgt-3", "alpha"), None);
+        assert_eq!(owned(&owners, "cgt-2", "alpha", now), None);
+        assert_eq!(owned(&owners, "cgt-3", "alpha", now), None);
     }
 }
