@@ -161,7 +161,7 @@ pub(crate) fn spawn(client: &redis::Client, owners: Arc<TrackedOwners>) -> Optio
     let task = runtime.spawn(async move {
         let mut off = false;
         loop {
-            let failure = track(&client, &owners, &mut off).await;
+            let Err(failure) = track(&client, &owners, &mut off).await;
             owners.lose();
             if !off {
                 let reason = format!("{:?}", failure.kind());
@@ -179,14 +179,7 @@ pub(crate) fn spawn(client: &redis::Client, owners: Arc<TrackedOwners>) -> Optio
 
 /// One tracking connection, for as long as it answers; `off` says whether
 /// the outage before it was logged.
-async fn track(client: &redis::Client, owners: &Arc<TrackedOwners>, off: &mut bool) -> redis::RedisError {
-    match track_until_failure(client, owners, off).await {
-        Err(e) => e,
-        Ok(never) => match never {},
-    }
-}
-
-async fn track_until_failure(
+async fn track(
     client: &redis::Client,
     owners: &Arc<TrackedOwners>,
     off: &mut bool,
