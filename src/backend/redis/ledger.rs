@@ -504,33 +504,20 @@ impl Ledger for RedisLedger {
     }
 
     fn owner_check<'a>(&'a self, task_id: &'a str, tenant: &'a str) -> LedgerFuture<'a, Ownership> {
-        let Some((owners, _)) = &self.owners else {
-            return Box::pin(async move {
-                Ok(match self.get_record(task_id).await? {
-                    Some(record) if record.tenant == tenant => Ownership {
-                        owns: true,
-                        spend: Some(record.spend),
-                    },
-                    _ => Ownership::NONE,
-                })
-            });
-        };
-        if let Some(known) = owners.check(task_id, tenant, std::time::Instant::now()) {
+        let owners = self.owners.as_ref().map(|(owners, _)| owners);
+        if let Some(known) = owners.and_then(|o| o.check(task_id, tenant, std::time::Instant::now())) {
             return Box::pin(std::future::ready(Ok(known)));
         }
-        let read_under = owners.generation();
+        let read_under = owners.map(|o| (o, o.generation()));
         Box::pin(async move {
             let Some(record) = self.get_record(task_id).await? else {
                 return Ok(Ownership::NONE);
             };
+            if let Some((owners, read_under)) = read_under {
+                let now = std::time::Instant::now();
+                owners.remember(read_under, task_id, &record.tenant, record.spend.clone(), now);
+            }
             let owns = record.tenant == tenant;
-            owners.remember(
-                read_under,
-                task_id,
-                &record.tenant,
-                record.spend.clone(),
-                std::time::Instant::now(),
-            );
             Ok(Ownership {
                 owns,
                 spend: owns.then_some(record.spend),
