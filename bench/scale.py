@@ -230,8 +230,10 @@ def task_probe(gw, token, rounds, seconds):
 
 def section_tasks(work, mock_url, args):
     """1,000 against args.tasks owned tasks (one tenant): start-up, RSS, latencies,
-    upstream calls per list. Leaves the large gateway's ledger for the sweep."""
-    out = {}
+    upstream calls per list. Leaves the large gateway's ledger for the sweep.
+    The pair is keyed by args.tasks, so that `--save` after a run of another
+    size keeps the saved pairs beside it."""
+    pair = {}
     # Ungoverned: with prices the reconciler would keep asking about every
     # queued task, and the figures would be its cost, not the ledger's.
     tenants = tenants_toml(1, governed=False)
@@ -243,15 +245,16 @@ def section_tasks(work, mock_url, args):
         for key, gw in (("small", small), ("large", large)):
             gw.stop()
             gw.start()  # start-up and RSS on the filled ledger
-            out[key] = {"tasks": counts[key], "startup_s": gw.startup_s, "rss_after_start_kib": gw.rss_after_start_kib,
-                        "ledger_mib": (work / f"tasks-{key}-ledger.redb").stat().st_size / 2**20}
+            pair[key] = {"tasks": counts[key], "startup_s": gw.startup_s, "rss_after_start_kib": gw.rss_after_start_kib,
+                         "ledger_mib": (work / f"tasks-{key}-ledger.redb").stat().st_size / 2**20}
         for key, gw in (("small", small), ("large", large)):
-            out[key].update(task_probe(gw, token_of(0), args.rounds, args.d))
-            print(f"tasks {key}: {json.dumps(out[key])}", flush=True)
+            pair[key].update(task_probe(gw, token_of(0), args.rounds, args.d))
+            print(f"tasks {key}: {json.dumps(pair[key])}", flush=True)
     finally:
         small.stop()
         large.stop()
-    return out
+    pair["date"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    return {str(args.tasks): pair}
 
 
 def section_sweep(work, mock_url, args):
@@ -379,14 +382,15 @@ def render(r):
             lines.append(f"| {n} | {v['cpu_s_per_10k']:.3f} | {v['rps']:.0f} | {v['p99_ms']:.2f} | {v['startup_s']:.2f} | {v['rss_after_start_kib'] / 1024:.1f} |")
         lines += ["", f"CPU at 10,000 tenants / at 10: {t['10000']['cpu_s_per_10k'] / t['10']['cpu_s_per_10k']:.2f}.", ""]
     if "tasks" in r:
-        lines += ["## Owned tasks", "", "One tenant's tasks in the redb ledger, all queued (the mock keeps them so); "
+        lines += ["## Owned tasks", "", "One tenant's tasks in the redb ledger, all queued (the mock keeps them so), a pair of gateways (1,000 and many tasks) per run; "
                   "list: `page_size=50`, pages 1–10, served from the ledger's count; get: wrk, 16 connections; "
                   "delete: one keep-alive connection, 300 deletes.", "",
-                  "| tasks | ledger MiB | start-up s | RSS after start MiB | get p50 ms | get p99 ms | get req/s | list p50 ms | list max ms | "
-                  "upstream calls / list | delete p50 ms | delete p99 ms |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for v in r["tasks"].values():
-            lines.append(f"| {v['tasks']} | {v['ledger_mib']:.0f} | {v['startup_s']:.2f} | {v['rss_after_start_kib'] / 1024:.1f} | "
+                  "| tasks | run (UTC) | ledger MiB | start-up s | RSS after start MiB | get p50 ms | get p99 ms | get req/s | list p50 ms | "
+                  "list max ms | upstream calls / list | delete p50 ms | delete p99 ms |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        rows = [(pair["date"], pair[k]) for _, pair in sorted(r["tasks"].items(), key=lambda p: int(p[0])) for k in ("small", "large")]
+        for date, v in rows:
+            lines.append(f"| {v['tasks']} | {date} | {v['ledger_mib']:.0f} | {v['startup_s']:.2f} | {v['rss_after_start_kib'] / 1024:.1f} | "
                          f"{v['get_p50_ms']:.2f} | {v['get_p99_ms']:.2f} | {v['get_rps']:.0f} | {v['list_p50_ms']:.1f} | {v['list_max_ms']:.1f} | "
                          f"{v['upstream_calls_per_list']:.1f} | {v['delete_p50_ms']:.2f} | {v['delete_p99_ms']:.2f} |")
         lines.append("")
@@ -455,6 +459,9 @@ def main():
         # Sections not run this time keep their last saved figures and dates.
         saved = json.loads((bench.BENCH / "scale.json").read_text())
         dates = {**saved.get("dates", {}), **result.get("dates", {})}
+        # Pairs of other sizes stay; a size run again is replaced.
+        if "tasks" in result:
+            result["tasks"] = {**saved.get("tasks", {}), **result["tasks"]}
         saved.update(result)
         saved["dates"] = dates
         result = saved

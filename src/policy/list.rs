@@ -34,6 +34,13 @@ pub(super) struct Candidate {
     pub(super) status: Option<ArkStatus>,
 }
 
+/// A list the ledger cannot answer is refused: without it, the gateway
+/// cannot tell which tasks are the tenant's.
+fn refuse_list(e: crate::ledger::LedgerError) -> GatewayError {
+    tracing::error!(error = %e, "ledger read failed; refusing list");
+    GatewayError::LedgerUnavailable
+}
+
 /// The tasks a list may show, newest first: those the tenant created through
 /// the gateway (within Ark's list window), then its exact static grants. With
 /// `filter.task_ids`, only those of the given ids the tenant may see.
@@ -43,10 +50,10 @@ pub(super) async fn list_candidates(
     query: &ListQuery,
 ) -> Result<Vec<Candidate>, GatewayError> {
     let since = now_ms().saturating_sub(LIST_WINDOW.as_millis() as u64);
-    let owned = ledger.owned_tasks(tenant.name.as_str(), since).await.map_err(|e| {
-        tracing::error!(error = %e, "ledger read failed; refusing list");
-        GatewayError::LedgerUnavailable
-    })?;
+    let owned = ledger
+        .owned_tasks(tenant.name.as_str(), since)
+        .await
+        .map_err(refuse_list)?;
     let mut candidates: Vec<Candidate> = owned
         .into_iter()
         .filter_map(|t| {
@@ -125,10 +132,7 @@ pub(super) async fn counted_page(
             query.page_size() as usize,
         )
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "ledger read failed; refusing list");
-            GatewayError::LedgerUnavailable
-        })?;
+        .map_err(refuse_list)?;
     Ok(page
         .filter(|page| page.total > IDS_PER_UPSTREAM_CALL)
         .map(|page| CountedPage {
