@@ -20,8 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-BIN = ROOT / "target/release/ark-gateway"
-FLOOR = ROOT / "target/release/examples/passthrough"
+# bench/run.sh and bench/scale.sh set this: target/release for a run,
+# target/debug (the test build) for a smoke.
+TARGET = ROOT / os.environ.get("ARK_BENCH_TARGET", "target/release")
+BIN = TARGET / "ark-gateway"
+FLOOR = TARGET / "examples/passthrough"
 KEY = "sk-bench-upstream-key"
 TOKEN = "bench-tenant-token"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

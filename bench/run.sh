@@ -18,6 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The gateway, and the floor under it (examples/passthrough.rs: the same server and pool, no layers).
-cargo build --release --quiet --bin ark-gateway --example passthrough
+# A smoke checks the harness, not speed: the test build's binaries serve it,
+# so the test command compiles no release build.
+profile=release
+for arg in "$@"; do [ "$arg" = --smoke ] && profile=debug; done
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin ark-gateway --example passthrough
+else
+  cargo build --quiet --bin ark-gateway --example passthrough
+fi
+export ARK_BENCH_TARGET="target/$profile"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 bench/bench.py "$@"

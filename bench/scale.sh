@@ -7,6 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet --bin ark-gateway
+# A smoke checks the harness, not speed: the test build's binaries serve it,
+# so the test command compiles no release build.
+profile=release
+for arg in "$@"; do [ "$arg" = --smoke ] && profile=debug; done
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin ark-gateway
+else
+  cargo build --quiet --bin ark-gateway
+fi
+export ARK_BENCH_TARGET="target/$profile"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 bench/scale.py "$@"

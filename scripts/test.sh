@@ -54,8 +54,8 @@ fi
 cargo build --quiet --bin ark-gateway
 ARK_GATEWAY_BIN="$PWD/target/debug/ark-gateway" .venv/bin/python -m pytest -q tests/sdk tests/deploy
 
-step "fuzz smoke: every fuzz target for a few seconds (scripts/fuzz.sh runs longer)"
-./scripts/fuzz.sh 5
+step "fuzz smoke: every fuzz target for a few seconds, unoptimized (scripts/fuzz.sh runs longer)"
+./scripts/fuzz.sh 5 --dev
 
 step "benchmark smoke: bench/run.sh --smoke (the full run: bench/run.sh)"
 bench/run.sh --smoke
@@ -63,5 +63,5 @@ bench/run.sh --smoke
 step "scale smoke: bench/scale.sh --smoke (the full run: bench/scale.sh)"
 bench/scale.sh --smoke
 
-step "A/B benchmark smoke: bench/ab.py, the release binary against itself, one short round"
-python3 bench/ab.py target/release/ark-gateway target/release/ark-gateway --c 4 --d 1 --rounds 1 --governed
+step "A/B benchmark smoke: bench/ab.py, the test build against itself, one short round"
+python3 bench/ab.py target/debug/ark-gateway target/debug/ark-gateway --c 4 --d 1 --rounds 1 --governed
