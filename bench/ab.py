@@ -34,6 +34,9 @@ def main():
     work.mkdir(parents=True)
     setup = bench.Setup(work, governed=args.governed)
     try:
+        # The mock from binary B (the newer one, which has every mock flag),
+        # so that no other build needs to exist.
+        bench.BIN = Path(args.b)
         setup.start_mock()
         setup.redis_socket = work / "unused.sock"
         if args.redis:
