@@ -18,15 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The gateway, and the floor under it (examples/passthrough.rs: the same server and pool, no layers).
-# A smoke checks the harness, not speed: the test build's binaries serve it,
-# so the test command compiles no release build.
-profile=release
-for arg in "$@"; do [ "$arg" = --smoke ] && profile=debug; done
-if [ "$profile" = release ]; then
-  cargo build --release --quiet --bin ark-gateway --example passthrough
-else
-  cargo build --quiet --bin ark-gateway --example passthrough
-fi
-export ARK_BENCH_TARGET="target/$profile"
+mode=run
+for arg in "$@"; do [ "$arg" = --smoke ] && mode=smoke; done
+ARK_BENCH_TARGET=$(bench/build.sh "$mode" --bin ark-gateway --example passthrough)
+export ARK_BENCH_TARGET
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 bench/bench.py "$@"

@@ -7,15 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq wrk >/dev/null; }
-# A smoke checks the harness, not speed: the test build's binaries serve it,
-# so the test command compiles no release build.
-profile=release
-for arg in "$@"; do [ "$arg" = --smoke ] && profile=debug; done
-if [ "$profile" = release ]; then
-  cargo build --release --quiet --bin ark-gateway
-else
-  cargo build --quiet --bin ark-gateway
-fi
-export ARK_BENCH_TARGET="target/$profile"
+mode=run
+for arg in "$@"; do [ "$arg" = --smoke ] && mode=smoke; done
+ARK_BENCH_TARGET=$(bench/build.sh "$mode" --bin ark-gateway)
+export ARK_BENCH_TARGET
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 bench/scale.py "$@"

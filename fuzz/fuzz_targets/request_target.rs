@@ -1,10 +1,11 @@
 //! Request-target parsing: whatever the bytes, routing never panics, and a
-//! route it accepts names one of the four paths with an id of the safe
-//! alphabet, which is forwarded byte for byte. The bytes are an HTTP/1.1
+//! route it accepts names one of the four task paths with an id of the safe
+//! alphabet, which is forwarded byte for byte, or is a GET of the tenant's
+//! usage, which is never forwarded. The bytes are an HTTP/1.1
 //! request target or, by the selector byte, an HTTP/2 `:path`.
 #![no_main]
 
-use ark_gateway::route::{is_task_id, route, TASKS_PATH};
+use ark_gateway::route::{is_task_id, route, Operation, TASKS_PATH, USAGE_PATH};
 use http::{Method, Uri, Version};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(routed) = route(&method, &uri, version) {
         match routed.task_id {
+            None if routed.operation == Operation::Usage => {
+                assert_eq!(method, Method::GET);
+                assert_eq!(uri.path(), USAGE_PATH);
+            }
             None => assert_eq!(uri.path(), TASKS_PATH),
             Some(id) => {
                 assert!(is_task_id(id.as_str()));
