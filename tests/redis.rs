@@ -92,6 +92,25 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket.display())
     }
 
+    /// One redis-cli command's output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The time to live of the one key matching `pattern`, in ms.
+    fn ttl_ms_of(&self, pattern: &str) -> i64 {
+        let keys = self.cli(&["--scan", "--pattern", pattern]);
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 1, "one key matches {pattern}: {keys:?}");
+        self.cli(&["PTTL", keys[0]]).parse().unwrap()
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -403,6 +422,65 @@ async fn idempotency_outcomes_in_the_redis_ledger() {
     );
     assert_eq!(ledger.owner_of("cgt-r5").await.unwrap().unwrap().tenant, "alpha");
     assert_eq!(ledger.owned_tasks("alpha", 0).await.unwrap().len(), 1);
+}
+
+/// Usage counts live for `store.usage_retention`, not for the task records'
+/// retention: a tenant's spend must still be reportable after its tasks are
+/// gone. Both the count of a create and the settlement that adds its tokens
+/// leave the day's usage key with the usage TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_live_for_the_usage_retention_not_the_task_retention() {
+    use ark_gateway::ledger::{CreateIntent, Ledger, TaskRecord, TaskSource, TaskState};
+    use ark_gateway::spend::{ArkStatus, Observation};
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let usage_retention = Duration::from_secs(400 * 24 * 3600);
+    let ledger = redis_ledger(&server, "u:").with_usage_retention(usage_retention);
+    let at = ark_gateway::ledger::now_ms();
+    let intent = CreateIntent {
+        intent_id: "r1".into(),
+        tenant: "alpha".into(),
+        idempotency_key: None,
+        at_ms: at,
+        admission: None,
+    };
+    let record = TaskRecord {
+        task_id: "cgt-usage".into(),
+        tenant: "alpha".into(),
+        model: Some("m".into()),
+        created_ms: at,
+        client_request_id: None,
+        state: TaskState::Active,
+        source: TaskSource::Created,
+        spend: Default::default(),
+    };
+    ledger.begin_create(intent.clone()).await.unwrap();
+    ledger.complete_create(intent, record).await.unwrap();
+    let usage = "u:usage:alpha:*";
+    let within = |ttl: i64| {
+        let want = usage_retention.as_millis() as i64;
+        ttl > want - 60_000 && ttl <= want
+    };
+    let created = server.ttl_ms_of(usage);
+    assert!(within(created), "after the create: {created} ms");
+    assert!(
+        server.ttl_ms_of("u:task:cgt-usage") <= 3_600_000,
+        "the record keeps the task retention"
+    );
+
+    let seen = Observation::Seen {
+        status: ArkStatus::Succeeded,
+        tokens: Some(1_000),
+        updated_at: None,
+    };
+    assert!(
+        ledger.observe("cgt-usage", seen).await.unwrap().is_some(),
+        "the task settles"
+    );
+    let settled = server.ttl_ms_of(usage);
+    assert!(within(settled), "after the settlement: {settled} ms");
+    let fields = server.cli(&["HGETALL", &server.cli(&["--scan", "--pattern", usage])]);
+    assert!(fields.contains("1000"), "the tokens are counted: {fields}");
 }
 
 /// capped: 4 active tasks; budgeted: 350,000 tokens a day at 100,000 per
