@@ -152,7 +152,8 @@ impl Tasks {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every shard, locked in index order (the only order that takes more than one).
+    /// Every shard, locked in index order: no other call holds more than one,
+    /// so two lists cannot deadlock each other or a single-shard call.
     fn all(&self) -> Vec<std::sync::MutexGuard<'_, HashMap<String, MockTask>>> {
         self.shards
             .iter()
